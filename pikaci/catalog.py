@@ -1,0 +1,199 @@
+"""Targets, lanes and their execution (placement x runtime), with load-time validation.
+
+A repository declares its catalog in its own `dodo.py`; this module holds only the types, the
+vocabularies and the rules. Placement and runtime are explicit fields of every lane and are
+never inferred from ids or command shapes. Construction never raises: `validate()` checks
+everything and reports the first problem as one line naming the target, lane and field, so a
+bad catalog is an error message, not a traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+from pikaci.ids import ID_RULE, is_safe_id
+
+PLACEMENT_LOCAL = "local"
+PLACEMENT_REMOTE_SSH = "remote_ssh"
+PLACEMENTS = (PLACEMENT_LOCAL, PLACEMENT_REMOTE_SSH)
+
+RUNTIME_HOST_PROCESS = "host_process"
+RUNTIME_INCUS = "incus"
+RUNTIME_TART = "tart"
+RUNTIMES = (RUNTIME_HOST_PROCESS, RUNTIME_INCUS, RUNTIME_TART)
+
+# every placement x runtime pair and the executor label its job records carry
+LOCAL_HOST_PROCESS = (PLACEMENT_LOCAL, RUNTIME_HOST_PROCESS)
+REMOTE_SSH_INCUS = (PLACEMENT_REMOTE_SSH, RUNTIME_INCUS)
+LOCAL_TART = (PLACEMENT_LOCAL, RUNTIME_TART)
+REMOTE_SSH_HOST_PROCESS = (PLACEMENT_REMOTE_SSH, RUNTIME_HOST_PROCESS)
+LOCAL_INCUS = (PLACEMENT_LOCAL, RUNTIME_INCUS)
+REMOTE_SSH_TART = (PLACEMENT_REMOTE_SSH, RUNTIME_TART)
+EXECUTOR_LABELS: Dict[Tuple[str, str], str] = {
+    LOCAL_HOST_PROCESS: "host_local",
+    REMOTE_SSH_INCUS: "remote_linux_vm",
+    LOCAL_TART: "tart_local",
+    REMOTE_SSH_HOST_PROCESS: "remote_ssh_host_process",
+    LOCAL_INCUS: "local_incus",
+    REMOTE_SSH_TART: "remote_ssh_tart",
+}
+
+# pairs this version can run; `pikaci.runtimes` dispatches exactly these
+SUPPORTED_EXECUTIONS: Tuple[Tuple[str, str], ...] = (LOCAL_HOST_PROCESS,)
+
+DEFAULT_TIMEOUT_SECS = 1800
+
+
+class CatalogError(ValueError):
+    """One line naming the target, lane and field at fault."""
+
+
+@dataclass(frozen=True)
+class Execution:
+    placement: str
+    runtime: str
+
+    @property
+    def pair(self) -> Tuple[str, str]:
+        return (self.placement, self.runtime)
+
+    @property
+    def executor(self) -> str:
+        return EXECUTOR_LABELS.get(self.pair, f"{self.placement}_{self.runtime}")
+
+
+@dataclass(frozen=True)
+class Lane:
+    id: str
+    command: str
+    execution: Execution
+    timeout_secs: int = DEFAULT_TIMEOUT_SECS
+    description: str = ""
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def spec(self) -> Dict[str, Any]:
+        """Everything about the lane that changes what it runs: part of its identity."""
+        return {
+            "id": self.id,
+            "command": self.command,
+            "placement": self.execution.placement,
+            "runtime": self.execution.runtime,
+            "timeout_secs": self.timeout_secs,
+            "env": dict(sorted(self.env.items())),
+        }
+
+
+@dataclass(frozen=True)
+class Target:
+    id: str
+    lanes: Sequence[Lane]
+    description: str = ""
+    # extra copy-filter entries: a bare name is excluded at any depth, "/path" from the root
+    snapshot_excludes: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class Catalog:
+    targets: Sequence[Target]
+
+    def iter_lanes(self) -> Iterator[Tuple[Target, Lane]]:
+        for target in self.targets:
+            for lane in target.lanes:
+                yield target, lane
+
+    def target(self, target_id: str) -> Optional[Target]:
+        return next((t for t in self.targets if t.id == target_id), None)
+
+    def lane(self, lane_id: str) -> Optional[Tuple[Target, Lane]]:
+        return next(((t, lane) for t, lane in self.iter_lanes() if lane.id == lane_id), None)
+
+    def validate(self) -> Catalog:
+        """Raise CatalogError for the first problem found; return self when all is well."""
+        if not isinstance(self.targets, (list, tuple)) or not self.targets:
+            raise CatalogError("catalog: `targets` must be a non-empty list of Target")
+        target_ids: List[str] = []
+        lane_ids: Dict[str, str] = {}
+        for index, target in enumerate(self.targets):
+            where = f"catalog: targets[{index}]"
+            if not isinstance(target, Target):
+                raise CatalogError(f"{where}: expected a Target, got {type(target).__name__}")
+            _check_id(target.id, f"{where}.id")
+            where = f"target `{target.id}`"
+            if target.id in target_ids:
+                raise CatalogError(f"{where}: duplicate target id")
+            target_ids.append(target.id)
+            _check_str(target.description, f"{where}: field `description`")
+            _check_excludes(target.snapshot_excludes, where)
+            if not isinstance(target.lanes, (list, tuple)) or not target.lanes:
+                raise CatalogError(f"{where}: `lanes` must be a non-empty list of Lane")
+            for lane_index, lane in enumerate(target.lanes):
+                if not isinstance(lane, Lane):
+                    raise CatalogError(
+                        f"{where}: lanes[{lane_index}] is a {type(lane).__name__}, not a Lane"
+                    )
+                _validate_lane(lane, where, lane_index)
+                if lane.id in lane_ids:
+                    other = lane_ids[lane.id]
+                    raise CatalogError(
+                        f"lane `{lane.id}`: duplicate lane id (also in target `{other}`)"
+                    )
+                lane_ids[lane.id] = target.id
+        return self
+
+
+def _validate_lane(lane: Lane, target_where: str, index: int) -> None:
+    _check_id(lane.id, f"{target_where}: lanes[{index}].id")
+    where = f"lane `{lane.id}`"
+    if not isinstance(lane.command, str) or not lane.command.strip():
+        raise CatalogError(f"{where}: field `command` must be a non-empty string")
+    timeout = lane.timeout_secs
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0:
+        raise CatalogError(
+            f"{where}: field `timeout_secs` must be a positive integer, got {timeout!r}"
+        )
+    _check_str(lane.description, f"{where}: field `description`")
+    if not isinstance(lane.env, Mapping) or not all(
+        isinstance(k, str) and k and "=" not in k and isinstance(v, str)
+        for k, v in lane.env.items()
+    ):
+        raise CatalogError(f"{where}: field `env` must map variable names to strings")
+    execution = lane.execution
+    if not isinstance(execution, Execution):
+        raise CatalogError(
+            f"{where}: field `execution` must be an Execution(placement=..., runtime=...)"
+        )
+    if execution.placement not in PLACEMENTS:
+        raise CatalogError(
+            f"{where}: unknown placement {execution.placement!r} "
+            f"(expected one of {', '.join(PLACEMENTS)})"
+        )
+    if execution.runtime not in RUNTIMES:
+        raise CatalogError(
+            f"{where}: unknown runtime {execution.runtime!r} "
+            f"(expected one of {', '.join(RUNTIMES)})"
+        )
+    if execution.pair not in SUPPORTED_EXECUTIONS:
+        supported = ", ".join(f"{p} + {r}" for p, r in SUPPORTED_EXECUTIONS)
+        raise CatalogError(
+            f"{where}: placement `{execution.placement}` with runtime `{execution.runtime}` "
+            f"is not supported (supported: {supported})"
+        )
+
+
+def _check_id(value: object, where: str) -> None:
+    if not is_safe_id(value):
+        raise CatalogError(f"{where}: invalid id {value!r} (expected {ID_RULE})")
+
+
+def _check_str(value: object, where: str) -> None:
+    if not isinstance(value, str):
+        raise CatalogError(f"{where} must be a string")
+
+
+def _check_excludes(excludes: object, where: str) -> None:
+    if not isinstance(excludes, (list, tuple)):
+        raise CatalogError(f"{where}: field `snapshot_excludes` must be a list of strings")
+    for entry in excludes:
+        if not isinstance(entry, str) or not entry.strip("/") or ".." in entry.split("/"):
+            raise CatalogError(f"{where}: invalid snapshot exclude {entry!r}")

@@ -1,0 +1,215 @@
+"""The `pikaci` console script.
+
+    pikaci [--state-root DIR] run JOB... [--output human|json|jsonl] [-n N] [--continue]
+    pikaci [--state-root DIR] rerun RUN_ID [--output ...]
+    pikaci [--state-root DIR] list | status RUN | logs RUN | prepared-outputs RUN | gc
+    pikaci doit ARGS...          any doit command over the repository's catalog
+
+`run` and `doit` read the catalog from the repository's `dodo.py` (its `CATALOG`), through
+the same doit loader that `doit` itself uses there. Exit status: 1 for a failed run or an
+error, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from pikaci.catalog import Catalog
+from pikaci.cli import inspect
+from pikaci.model import RUN_FAILED, RUN_SKIPPED, RecordError
+from pikaci.session import OUTPUT_MODES, Settings
+from pikaci.settings import settings_from_environment
+from pikaci.store import StateRoot, StoreError, load_run_record
+
+
+class UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pikaci", description="Nix-monorepo CI on doit")
+    parser.add_argument(
+        "--state-root", help="state directory (default: $PIKACI_STATE_ROOT or ./.pikaci)"
+    )
+    parser.add_argument("-f", "--file", default="dodo.py", help="dodo file declaring CATALOG")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run lanes or targets (`lane:<id>`, `target:<id>` or an id)")
+    run.add_argument("jobs", nargs="+", metavar="JOB")
+    _run_options(run)
+    rerun = sub.add_parser("rerun", help="run a previous run's lanes again on its snapshot")
+    rerun.add_argument("run_id")
+    _run_options(rerun)
+
+    sub.add_parser("list", help="one line per run, newest first")
+    status = sub.add_parser("status", help="a run's record")
+    status.add_argument("run_id")
+    status.add_argument("--json", action="store_true")
+    logs = sub.add_parser("logs", help="a job's host and guest logs")
+    logs.add_argument("run_id")
+    logs.add_argument("--job")
+    logs.add_argument("--kind", choices=("host", "guest", "both"), default="both")
+    logs.add_argument("--metadata-json", action="store_true")
+    prepared = sub.add_parser("prepared-outputs", help="a run's prepared outputs")
+    prepared.add_argument("run_id")
+    prepared.add_argument("--json", action="store_true")
+    gc = sub.add_parser("gc", help="delete old runs and unreferenced snapshots")
+    gc.add_argument("--keep-runs", type=int, default=10)
+    doit = sub.add_parser("doit", help="any doit command over the catalog", add_help=False)
+    doit.add_argument("doit_args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", choices=OUTPUT_MODES, default=None)
+    parser.add_argument("-n", "--jobs-in-parallel", dest="parallel", type=int, default=1)
+    parser.add_argument(
+        "--continue",
+        dest="keep_going",
+        action="store_true",
+        help="do not stop at the first failed lane",
+    )
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (StoreError, RecordError, UsageError, ValueError) as exc:
+        sys.stderr.write(f"pikaci: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    source_root = Path.cwd()
+    if args.command in ("run", "rerun", "doit"):
+        settings = settings_from_environment(
+            source_root, args.state_root, getattr(args, "output", None)
+        )
+        if args.command == "doit":
+            return _doit(args, settings, list(args.doit_args))
+        if args.command == "rerun":
+            return _rerun(args, settings)
+        catalog = _load_catalog(args.file)
+        return _run(catalog, settings, _task_names(catalog, args.jobs), args)
+    settings = settings_from_environment(source_root, args.state_root, "human")
+    state = StateRoot(settings.state_root)
+    out, err = sys.stdout, sys.stderr
+    if args.command == "list":
+        return inspect.list_command(state, out, err)
+    if args.command == "status":
+        return inspect.status_command(state, args.run_id, args.json, out)
+    if args.command == "logs":
+        return inspect.logs_command(
+            state, args.run_id, args.job, args.kind, args.metadata_json, out
+        )
+    if args.command == "prepared-outputs":
+        return inspect.prepared_outputs_command(state, args.run_id, args.json, out)
+    if args.command == "gc":
+        return inspect.gc_command(state, args.keep_runs, out)
+    raise UsageError(f"unknown command {args.command}")
+
+
+def _load_catalog(dodo: str) -> Catalog:
+    from doit.loader import get_module
+
+    path = Path(dodo).absolute()
+    if not path.is_file():
+        raise UsageError(f"{dodo}: no such file (run from the repository root or pass -f)")
+    module = get_module(str(path))
+    catalog = getattr(module, "CATALOG", None)
+    if not isinstance(catalog, Catalog):
+        raise UsageError(f"{dodo}: defines no `CATALOG` (a pikaci.catalog.Catalog)")
+    return catalog
+
+
+def _task_names(catalog: Catalog, jobs: Sequence[str]) -> List[str]:
+    names = []
+    for job in jobs:
+        kind, _, ident = job.partition(":")
+        if (
+            ident
+            and kind in ("lane", "target")
+            and (
+                (kind == "lane" and catalog.lane(ident))
+                or (kind == "target" and catalog.target(ident))
+            )
+        ):
+            names.append(job)
+        elif not ident and catalog.target(job) is not None:
+            names.append(f"target:{job}")
+        elif not ident and catalog.lane(job) is not None:
+            names.append(f"lane:{job}")
+        else:
+            raise UsageError(f"unknown job `{job}`")
+    return names
+
+
+def _run(catalog: Catalog, settings: Settings, tasks: List[str], args: argparse.Namespace) -> int:
+    from doit.doit_cmd import DoitMain
+
+    from pikaci.graph import CatalogLoader
+
+    loader = CatalogLoader(catalog, settings)
+    doit_args = ["run"]
+    if args.parallel > 1:
+        doit_args += ["-n", str(args.parallel), "-P", "thread"]
+    if args.keep_going:
+        doit_args.append("--continue")
+    try:
+        code = DoitMain(loader).run(doit_args + tasks)
+    finally:
+        final = loader.session.finish()  # no-op when the reporter already closed the run
+    if final is None:
+        return code or 1
+    return 1 if final.status == RUN_FAILED else 0
+
+
+def _rerun(args: argparse.Namespace, settings: Settings) -> int:
+    state = StateRoot(settings.state_root)
+    old = load_run_record(state, args.run_id)
+    if old.status == RUN_SKIPPED:
+        raise UsageError(f"run `{old.run_id}` was skipped; there is nothing to rerun")
+    lanes = [job.id for job in old.jobs]
+    if not lanes:
+        raise UsageError(f"run `{old.run_id}` cannot be rerun because it records no jobs")
+    if not old.snapshot_dir or not Path(old.snapshot_dir).is_dir():
+        raise UsageError(
+            f"run `{old.run_id}` cannot be rerun: its snapshot "
+            f"{old.snapshot_dir or '(none)'} no longer exists"
+        )
+    catalog = _load_catalog(args.file)
+    missing = [lane for lane in lanes if catalog.lane(lane) is None]
+    if missing:
+        raise UsageError(f"run `{old.run_id}` names lanes the catalog no longer has: {missing}")
+    settings.rerun = old
+    # a private dep file: a rerun executes everything and leaves doit's state alone
+    run_dir = state.runs_dir / old.run_id
+    settings.dep_file = run_dir / ".rerun-doit.sqlite3"
+    try:
+        return _run(catalog, settings, [f"lane:{lane}" for lane in lanes], args)
+    finally:
+        for leftover in run_dir.glob(".rerun-doit.sqlite3*"):
+            leftover.unlink()
+
+
+def _doit(args: argparse.Namespace, settings: Settings, doit_args: List[str]) -> int:
+    from doit.doit_cmd import DoitMain
+
+    from pikaci.graph import CatalogLoader
+
+    loader = CatalogLoader(_load_catalog(args.file), settings)
+    try:
+        code: int = DoitMain(loader).run(doit_args)
+    finally:
+        loader.session.finish()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,513 @@
+"""Run, job, plan and prepared-output records, lifecycle events, ids and timestamps.
+
+Field names, their order and the status vocabularies follow the records of the system pikaci
+replaces, so existing consumers keep working. Additions go at the end of a record; nothing is
+renamed or removed. Decoding is tolerant: missing optional fields take their defaults, unknown
+fields are kept (and written back) so a newer writer's data survives an older reader.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
+
+import orjson
+
+# -- vocabularies ---------------------------------------------------------------------------
+
+RUN_RUNNING = "running"
+RUN_PASSED = "passed"
+RUN_FAILED = "failed"
+RUN_SKIPPED = "skipped"
+RUN_STATUSES = (RUN_RUNNING, RUN_PASSED, RUN_FAILED, RUN_SKIPPED)
+TERMINAL_STATUSES = (RUN_PASSED, RUN_FAILED, RUN_SKIPPED)
+
+RESULT_COMPLETED = "completed"
+RESULT_FAILED = "failed"
+
+PLAN_SCHEMA_VERSION = 1
+PREPARED_OUTPUTS_SCHEMA_VERSION = 1
+RESULT_SCHEMA_VERSION = 1
+
+
+class RecordError(ValueError):
+    """A record file exists but cannot be decoded; the message names what is wrong."""
+
+
+# -- ids and timestamps ---------------------------------------------------------------------
+
+RUN_ID_PATTERN = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
+_TIMESTAMP_PATTERN = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
+    r"(?:([Zz])|([+-])(\d{2}):?(\d{2}))?$"
+)
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def format_timestamp(moment: datetime) -> str:
+    """RFC 3339, UTC, always six fractional digits: `2026-11-21T11:26:48.123456+00:00`."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def now_timestamp() -> str:
+    return format_timestamp(utc_now())
+
+
+def parse_timestamp(text: str) -> datetime:
+    """Parse RFC 3339 with any number of fractional digits (upstream writes nine).
+
+    `datetime.fromisoformat` before 3.11 rejects anything but 3 or 6 digits, so this parses by
+    hand. A missing offset means UTC.
+    """
+    match = _TIMESTAMP_PATTERN.match(text.strip())
+    if match is None:
+        raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
+    year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
+    micros = int((fraction or "0")[:6].ljust(6, "0"))
+    offset = timezone.utc
+    if sign is not None and not zulu:
+        delta = timedelta(hours=int(off_h), minutes=int(off_m))
+        offset = timezone(delta if sign == "+" else -delta)
+    return datetime(
+        int(year), int(month), int(day), int(hour), int(minute), int(second), micros, offset
+    )
+
+
+def duration_ms(started_at: str, finished_at: str) -> int:
+    delta = parse_timestamp(finished_at) - parse_timestamp(started_at)
+    return max(0, int(delta.total_seconds() * 1000))
+
+
+def new_run_id(moment: Optional[datetime] = None) -> str:
+    moment = (moment or utc_now()).astimezone(timezone.utc)
+    return f"{moment.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(4)}"
+
+
+def is_run_id(text: str) -> bool:
+    return RUN_ID_PATTERN.match(text) is not None
+
+
+# -- JSON -----------------------------------------------------------------------------------
+
+
+def dumps_pretty(data: Any) -> bytes:
+    return orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def dumps_line(data: Any) -> bytes:
+    return orjson.dumps(data) + b"\n"
+
+
+def loads_object(raw: bytes, what: str) -> Dict[str, Any]:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RecordError(f"{what}: invalid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise RecordError(f"{what}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+# -- record base ----------------------------------------------------------------------------
+
+R = TypeVar("R", bound="Record")
+Decoder = Callable[[Any, str], Any]
+
+
+@dataclass
+class Record:
+    """Dataclass record with ordered serialisation and preservation of unknown fields."""
+
+    extra: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def to_dict(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {}
+        for item in dataclasses.fields(self):
+            if item.name == "extra":
+                continue
+            out[item.name] = _encode(getattr(self, item.name))
+        for key, value in self.extra.items():
+            out.setdefault(key, value)
+        return out
+
+    @classmethod
+    def from_dict(cls: type[R], data: Mapping[str, Any], what: str = "record") -> R:
+        decoders = cls._field_decoders()
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "extra"]
+        for required in cls._required_fields():
+            if data.get(required) is None:
+                raise RecordError(f"{what}: missing required field `{required}`")
+        kwargs: Dict[str, Any] = {}
+        for name in names:
+            # an explicit null for a nested or list field means "use the default"
+            if name not in data or (data[name] is None and name in decoders):
+                continue
+            decoder = decoders.get(name)
+            kwargs[name] = decoder(data[name], f"{what}.{name}") if decoder else data[name]
+        try:
+            record = cls(**kwargs)
+        except TypeError as exc:
+            raise RecordError(f"{what}: {exc}") from None
+        record.extra = {k: v for k, v in data.items() if k not in names}
+        record.validate(what)
+        return record
+
+    @classmethod
+    def _field_decoders(cls) -> Dict[str, Decoder]:
+        return {}
+
+    @classmethod
+    def _required_fields(cls) -> Tuple[str, ...]:
+        return ()
+
+    def validate(self, what: str) -> None:
+        """Type checks that matter to readers; override in subclasses."""
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, Record):
+        return value.to_dict()
+    if isinstance(value, list):
+        return [_encode(item) for item in value]
+    return value
+
+
+def _list_of(kind: type[Record]) -> Decoder:
+    def decode(value: Any, what: str) -> List[Any]:
+        if not isinstance(value, list):
+            raise RecordError(f"{what}: expected a list")
+        out = []
+        for index, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise RecordError(f"{what}[{index}]: expected an object")
+            out.append(kind.from_dict(item, f"{what}[{index}]"))
+        return out
+
+    return decode
+
+
+def _one_of(kind: type[Record]) -> Decoder:
+    def decode(value: Any, what: str) -> Any:
+        if not isinstance(value, dict):
+            raise RecordError(f"{what}: expected an object")
+        return kind.from_dict(value, what)
+
+    return decode
+
+
+def _str_list(value: Any, what: str) -> List[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise RecordError(f"{what}: expected a list of strings")
+    return list(value)
+
+
+def _check_status(value: Any, what: str) -> None:
+    if value not in RUN_STATUSES:
+        raise RecordError(f"{what}: unknown status {value!r}")
+
+
+# -- job and run records --------------------------------------------------------------------
+
+
+@dataclass
+class PhaseTiming(Record):
+    phase: str = ""
+    started_at: Optional[str] = None
+    finished_at: Optional[str] = None
+    duration_ms: Optional[int] = None
+
+
+@dataclass
+class IncusImage(Record):
+    project: str = ""
+    alias: str = ""
+    fingerprint: str = ""
+
+
+@dataclass
+class RemoteLinuxVmExecution(Record):
+    backend: str = "incus"
+    incus_image: Optional[IncusImage] = None
+    phases: List[PhaseTiming] = field(default_factory=list)
+
+    @classmethod
+    def _field_decoders(cls) -> Dict[str, Decoder]:
+        return {"incus_image": _one_of(IncusImage), "phases": _list_of(PhaseTiming)}
+
+
+@dataclass
+class JobRecord(Record):
+    id: str = ""
+    description: str = ""
+    status: str = RUN_RUNNING
+    executor: str = ""
+    placement: str = ""
+    runtime: str = ""
+    plan_node_id: str = ""
+    timeout_secs: int = 0
+    host_log_path: str = ""
+    guest_log_path: str = ""
+    started_at: Optional[str] = None
+    finished_at: Optional[str] = None
+    exit_code: Optional[int] = None
+    message: Optional[str] = None
+    pre_execution_prepare_duration_ms: Optional[int] = None
+    remote_linux_vm_execution: Optional[RemoteLinuxVmExecution] = None
+    # additions
+    target_id: Optional[str] = None
+    reused_from_run: Optional[str] = None
+    identity: Optional[str] = None
+    artifacts_dir: Optional[str] = None
+
+    @classmethod
+    def _field_decoders(cls) -> Dict[str, Decoder]:
+        return {"remote_linux_vm_execution": _one_of(RemoteLinuxVmExecution)}
+
+    @classmethod
+    def _required_fields(cls) -> Tuple[str, ...]:
+        return ("id", "status")
+
+    def validate(self, what: str) -> None:
+        _check_status(self.status, f"{what}.status")
+        if not isinstance(self.id, str) or not self.id:
+            raise RecordError(f"{what}.id: expected a non-empty string")
+
+
+@dataclass
+class PrepareTiming(Record):
+    node_id: str = ""
+    started_at: Optional[str] = None
+    finished_at: Optional[str] = None
+    duration_ms: Optional[int] = None
+
+
+@dataclass
+class RunRecord(Record):
+    run_id: str = ""
+    status: str = RUN_RUNNING
+    rerun_of: Optional[str] = None
+    target_id: Optional[str] = None
+    target_description: Optional[str] = None
+    source_root: str = ""
+    snapshot_dir: str = ""
+    git_head: Optional[str] = None
+    git_dirty: Optional[bool] = None
+    created_at: str = ""
+    finished_at: Optional[str] = None
+    plan_path: Optional[str] = None
+    prepared_outputs_path: Optional[str] = None
+    prepared_output_consumer: Optional[str] = None
+    prepared_output_mode: Optional[str] = None
+    prepared_output_invocation_mode: Optional[str] = None
+    prepared_output_invocation_wrapper_program: Optional[str] = None
+    prepared_output_launcher_transport_mode: Optional[str] = None
+    prepared_output_launcher_transport_program: Optional[str] = None
+    prepared_output_launcher_transport_host: Optional[str] = None
+    prepared_output_launcher_transport_remote_launcher_program: Optional[str] = None
+    prepared_output_launcher_transport_remote_helper_program: Optional[str] = None
+    prepared_output_launcher_transport_remote_work_dir: Optional[str] = None
+    changed_files: List[str] = field(default_factory=list)
+    filters: List[str] = field(default_factory=list)
+    message: Optional[str] = None
+    prepare_timings: List[PrepareTiming] = field(default_factory=list)
+    jobs: List[JobRecord] = field(default_factory=list)
+    # additions
+    content_hash: Optional[str] = None
+    orchestrator: str = "pikaci"
+
+    @classmethod
+    def _field_decoders(cls) -> Dict[str, Decoder]:
+        return {
+            "changed_files": _str_list,
+            "filters": _str_list,
+            "prepare_timings": _list_of(PrepareTiming),
+            "jobs": _list_of(JobRecord),
+        }
+
+    @classmethod
+    def _required_fields(cls) -> Tuple[str, ...]:
+        return ("run_id", "status", "created_at")
+
+    def validate(self, what: str) -> None:
+        _check_status(self.status, f"{what}.status")
+        try:
+            parse_timestamp(self.created_at)
+        except (TypeError, ValueError):
+            raise RecordError(f"{what}.created_at: not a timestamp: {self.created_at!r}") from None
+
+    def job(self, job_id: str) -> Optional[JobRecord]:
+        return next((job for job in self.jobs if job.id == job_id), None)
+
+    def upsert_job(self, job: JobRecord) -> None:
+        for index, existing in enumerate(self.jobs):
+            if existing.id == job.id:
+                self.jobs[index] = job
+                return
+        self.jobs.append(job)
+
+
+# -- plan -----------------------------------------------------------------------------------
+
+
+@dataclass
+class PlanNode(Record):
+    kind: str = "execute"  # prepare | execute
+    id: str = ""
+    description: str = ""
+    executor: str = ""
+    placement: str = ""
+    runtime: str = ""
+    depends_on: List[str] = field(default_factory=list)
+    prepare: Optional[Dict[str, Any]] = None
+    execute: Optional[Dict[str, Any]] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = super().to_dict()
+        # the body key matches the kind; the other one is not part of the node
+        out.pop("execute" if self.kind == "prepare" else "prepare", None)
+        return out
+
+
+@dataclass
+class RunPlanRecord(Record):
+    schema_version: int = PLAN_SCHEMA_VERSION
+    run_id: str = ""
+    target_id: Optional[str] = None
+    target_description: Optional[str] = None
+    created_at: str = ""
+    scope: str = "post_host_setup_and_snapshot"
+    preconditions: List[str] = field(
+        default_factory=lambda: ["host_setup_complete", "workspace_snapshot_created"]
+    )
+    nodes: List[PlanNode] = field(default_factory=list)
+
+    @classmethod
+    def _field_decoders(cls) -> Dict[str, Decoder]:
+        return {"nodes": _list_of(PlanNode), "preconditions": _str_list}
+
+
+# -- prepared outputs -----------------------------------------------------------------------
+
+
+@dataclass
+class Exposure(Record):
+    kind: str = "host_symlink_mount"
+    path: str = ""
+    access: str = "read_only"
+
+
+@dataclass
+class RealizedPreparedOutputRecord(Record):
+    node_id: str = ""
+    installable: str = ""
+    output_name: str = ""
+    protocol: str = "nix_store_path_v1"
+    residency: str = "local_authoritative"
+    consumer: str = "host_local_symlink_mounts_v1"
+    realized_path: str = ""
+    consumer_request_path: Optional[str] = None
+    consumer_result_path: Optional[str] = None
+    consumer_launch_request_path: Optional[str] = None
+    consumer_transport_request_path: Optional[str] = None
+    exposures: List[Exposure] = field(default_factory=list)
+    requested_exposures: List[Exposure] = field(default_factory=list)
+    payload: Optional[Dict[str, Any]] = None
+
+    @classmethod
+    def _field_decoders(cls) -> Dict[str, Decoder]:
+        return {"exposures": _list_of(Exposure), "requested_exposures": _list_of(Exposure)}
+
+    @classmethod
+    def _required_fields(cls) -> Tuple[str, ...]:
+        return ("node_id",)
+
+
+@dataclass
+class PreparedOutputsRecord(Record):
+    schema_version: int = PREPARED_OUTPUTS_SCHEMA_VERSION
+    outputs: List[RealizedPreparedOutputRecord] = field(default_factory=list)
+
+    @classmethod
+    def _field_decoders(cls) -> Dict[str, Decoder]:
+        return {"outputs": _list_of(RealizedPreparedOutputRecord)}
+
+    def upsert(self, output: RealizedPreparedOutputRecord) -> None:
+        for index, existing in enumerate(self.outputs):
+            if existing.node_id == output.node_id:
+                self.outputs[index] = output
+                return
+        self.outputs.append(output)
+
+
+# -- terminal result written into a job's artifacts -----------------------------------------
+
+
+@dataclass
+class TerminalResult(Record):
+    schema_version: int = RESULT_SCHEMA_VERSION
+    status: str = RESULT_FAILED  # completed | failed
+    exit_code: Optional[int] = None
+    finished_at: str = ""
+    message: str = ""
+    details: Optional[Dict[str, Any]] = None
+
+    @classmethod
+    def _required_fields(cls) -> Tuple[str, ...]:
+        return ("status",)
+
+    def validate(self, what: str) -> None:
+        if self.status not in (RESULT_COMPLETED, RESULT_FAILED):
+            raise RecordError(f"{what}.status: expected completed or failed, got {self.status!r}")
+
+    @property
+    def job_status(self) -> str:
+        return RUN_PASSED if self.status == RESULT_COMPLETED else RUN_FAILED
+
+
+# -- logs metadata and lifecycle events -----------------------------------------------------
+
+
+@dataclass
+class JobLogsMetadata(Record):
+    id: str = ""
+    host_log_path: str = ""
+    guest_log_path: str = ""
+    host_log_exists: bool = False
+    guest_log_exists: bool = False
+
+
+@dataclass
+class RunLogsMetadata(Record):
+    run_id: str = ""
+    status: str = RUN_RUNNING
+    jobs: List[JobLogsMetadata] = field(default_factory=list)
+
+    @classmethod
+    def _field_decoders(cls) -> Dict[str, Decoder]:
+        return {"jobs": _list_of(JobLogsMetadata)}
+
+
+def run_started_event(run: RunRecord) -> Dict[str, Any]:
+    return {
+        "event": "run_started",
+        "run_id": run.run_id,
+        "created_at": run.created_at,
+        "rerun_of": run.rerun_of,
+        "target_id": run.target_id,
+        "target_description": run.target_description,
+    }
+
+
+def job_event(kind: str, run_id: str, job: JobRecord) -> Dict[str, Any]:
+    return {"event": kind, "run_id": run_id, "job": job.to_dict()}
+
+
+def run_finished_event(run: RunRecord) -> Dict[str, Any]:
+    return {"event": "run_finished", "run": run.to_dict()}

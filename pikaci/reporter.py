@@ -1,0 +1,126 @@
+"""doit reporter: doit's console output plus pikaci's run records.
+
+It opens a run when the selected tasks include lanes, records lanes that doit finds up to date
+as reused, times the snapshot (prepare) tasks, accounts for lanes doit never reached, and
+closes the run when doit completes, also after an error or an interrupt.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+from doit.exceptions import InvalidTask
+from doit.reporter import ConsoleReporter
+from doit.task import Task
+
+from pikaci.catalog import Lane, Target
+from pikaci.model import now_timestamp
+from pikaci.session import RunSession
+
+
+def reporter_for(session: RunSession) -> type:
+    """doit instantiates reporters itself; bind the session through a subclass."""
+    return type("PikaciReporter", (PikaciReporter,), {"session": session})
+
+
+def _split(task_name: str) -> Tuple[str, str]:
+    kind, _, ident = task_name.partition(":")
+    return kind, ident
+
+
+class PikaciReporter(ConsoleReporter):  # type: ignore[misc]
+    session: RunSession
+
+    def __init__(self, outstream: Any, options: Dict[str, Any]) -> None:
+        if self.session.settings.output != "human" and outstream is sys.stdout:
+            outstream = sys.stderr  # stdout carries the JSON
+        super().__init__(outstream, options)
+        self._started: Dict[str, str] = {}
+
+    # -- run boundaries --------------------------------------------------------------------
+
+    def initialize(self, tasks: Dict[str, Task], selected_tasks: List[str]) -> None:
+        super().initialize(tasks, selected_tasks)
+        planned = self._planned_lanes(tasks, selected_tasks)
+        if not planned:
+            return
+        try:
+            run_id = self.session.begin(planned)
+        except OSError as exc:
+            raise InvalidTask(
+                f"cannot write run records under {self.session.state.root}: {exc}"
+            ) from None
+        self.write(f"pikaci: run {run_id} ({len(planned)} lane(s))\n")
+
+    def complete_run(self) -> None:
+        super().complete_run()
+        self.session.finish()
+        self.session.exit_if_interrupted()
+
+    def _planned_lanes(
+        self, tasks: Dict[str, Task], selected: List[str]
+    ) -> List[Tuple[Target, Lane]]:
+        seen: Set[str] = set()
+        stack = list(selected)
+        while stack:
+            name = stack.pop()
+            if name in seen or name not in tasks:
+                continue
+            seen.add(name)
+            task = tasks[name]
+            stack.extend(task.task_dep)
+            stack.extend(task.setup_tasks)
+        planned = []
+        for target, lane in self.session.catalog.iter_lanes():
+            if f"execute:{lane.id}" in seen:
+                planned.append((target, lane))
+        return planned
+
+    # -- task events -----------------------------------------------------------------------
+
+    def execute_task(self, task: Task) -> None:
+        super().execute_task(task)
+        if task.name.startswith("snapshot:"):
+            self._started[task.name] = now_timestamp()
+
+    def add_success(self, task: Task) -> None:
+        super().add_success(task)
+        self._prepare_done(task, None)
+
+    def add_failure(self, task: Task, fail: Any) -> None:
+        super().add_failure(task, fail)
+        message = _first_line(fail)
+        self._prepare_done(task, message)
+        kind, ident = _split(task.name)
+        if kind in ("execute", "collect", "lane") and not task.executed:
+            found = self.session.catalog.lane(ident)
+            if found is not None and self.session.run is not None:
+                target, lane = found
+                self.session.job_failed(target, lane, f"not run: {message}")
+
+    def skip_uptodate(self, task: Task) -> None:
+        kind, ident = _split(task.name)
+        if kind != "execute":
+            super().skip_uptodate(task)
+            return
+        found = self.session.catalog.lane(ident)
+        previous = self.session.job_reused(*found) if found else None
+        note = f"  (reused: passed in run {previous})" if previous else ""
+        self.write(f"-- {task.title()}{note}\n")
+
+    def _prepare_done(self, task: Task, error: Optional[str]) -> None:
+        started = self._started.pop(task.name, None)
+        if started is None:
+            return
+        _, target_id = _split(task.name)
+        self.session.prepare_finished(target_id, started, now_timestamp(), error)
+
+
+def _first_line(fail: Any) -> str:
+    try:
+        text = str(fail.get_msg()).strip()
+    except Exception:
+        text = str(fail)
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(fail).__name__

@@ -1,0 +1,19 @@
+"""One module per runtime; this table is the only place that maps a lane's execution to one."""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Tuple
+
+from pikaci.catalog import LOCAL_HOST_PROCESS, SUPPORTED_EXECUTIONS, Execution
+from pikaci.runtimes.base import LaneRuntime
+from pikaci.runtimes.host import HostProcessRuntime
+
+RUNTIME_FACTORIES: Dict[Tuple[str, str], Callable[[], LaneRuntime]] = {
+    LOCAL_HOST_PROCESS: HostProcessRuntime,
+}
+
+assert set(RUNTIME_FACTORIES) == set(SUPPORTED_EXECUTIONS), "catalog and runtimes disagree"
+
+
+def runtime_for(execution: Execution) -> LaneRuntime:
+    return RUNTIME_FACTORIES[execution.pair]()

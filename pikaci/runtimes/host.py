@@ -1,0 +1,194 @@
+"""`local` + `host_process`: the lane command runs on this machine in a materialized workspace.
+
+The workspace is a writable copy of the target's snapshot kept per lane under
+`cache/host-local/lane-<id>/workspace` and re-materialized only when the snapshot's content
+hash changes. A per-lane lock serialises two runs of the same lane. The command runs in its own
+process group, so the job timeout (and an interrupt) kills everything it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import IO, Callable, Dict, Iterator, Optional
+
+from pikaci.model import RUN_PASSED, RecordError, TerminalResult
+from pikaci.runtimes.base import JobContext, Outcome, write_result
+from pikaci.store import file_lock, read_json_object, write_json
+
+SHELL = ("/bin/bash", "--noprofile", "--norc", "-lc")
+KILL_GRACE_SECS = 5.0
+LOCK_POLL_SECS = 0.25
+_MARKER = "workspace.json"
+
+
+class HostProcessRuntime:
+    def execute(self, ctx: JobContext) -> Outcome:
+        lane = ctx.lane
+        scope = ctx.state.host_local_dir(lane.id)
+        with _lane_lock(ctx, scope / ".lock"):
+            workspace = _materialize(ctx, scope)
+            env = _environment(ctx, scope, workspace)
+            ctx.host_log.note(f"host-local command: {[*SHELL, lane.command]!r}")
+            ctx.host_log.note(f"workspace: {workspace}")
+            started = time.monotonic()
+            exit_code, timed_out = _run(ctx, workspace, env)
+            elapsed = time.monotonic() - started
+        if timed_out:
+            outcome = Outcome.failure(f"timed out after {lane.timeout_secs}s", exit_code=124)
+        elif exit_code == 0:
+            outcome = Outcome(RUN_PASSED, 0, "host-local command passed")
+        else:
+            outcome = Outcome.failure(f"host-local command exited with {exit_code}", exit_code)
+        ctx.host_log.note(f"{outcome.message} ({elapsed:.2f}s)")
+        write_result(ctx, outcome)
+        return outcome
+
+    def collect(self, ctx: JobContext, outcome: Outcome) -> Outcome:
+        # the command wrote straight into the job directory; the result file is authoritative
+        try:
+            result = TerminalResult.from_dict(
+                read_json_object(ctx.result_path), str(ctx.result_path)
+            )
+        except (FileNotFoundError, RecordError) as exc:
+            message = f"collect: missing or invalid {ctx.result_path.name}: {exc}"
+            ctx.host_log.note(message)
+            return Outcome.failure(message, outcome.exit_code)
+        return Outcome.from_result(result)
+
+
+@contextlib.contextmanager
+def _lane_lock(ctx: JobContext, path: Path) -> Iterator[None]:
+    deadline = time.monotonic() + ctx.lane.timeout_secs
+    announced = False
+    while True:
+        with file_lock(path, blocking=False) as acquired:
+            if acquired:
+                yield
+                return
+        if not announced:
+            ctx.host_log.note(f"waiting for {path} (another run of this lane holds it)")
+            announced = True
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up waiting for {path} after {ctx.lane.timeout_secs}s")
+        time.sleep(LOCK_POLL_SECS)
+
+
+def _materialize(ctx: JobContext, scope: Path) -> Path:
+    workspace = scope / "workspace"
+    marker = scope / _MARKER
+    try:
+        current = read_json_object(marker).get("content_hash")
+    except (FileNotFoundError, RecordError):
+        current = None
+    if current == ctx.content_hash and workspace.is_dir():
+        ctx.host_log.note(f"workspace up to date with snapshot {ctx.content_hash[:12]}")
+        return workspace
+    started = time.monotonic()
+    staging = scope / f".workspace-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(ctx.snapshot_dir, staging, symlinks=True)
+    with contextlib.suppress(FileNotFoundError):
+        marker.unlink()
+    shutil.rmtree(workspace, ignore_errors=True)
+    staging.rename(workspace)
+    write_json(marker, {"content_hash": ctx.content_hash, "snapshot_dir": str(ctx.snapshot_dir)})
+    ctx.host_log.note(
+        f"materialized workspace from snapshot {ctx.content_hash[:12]} "
+        f"in {time.monotonic() - started:.2f}s"
+    )
+    return workspace
+
+
+def _environment(ctx: JobContext, scope: Path, workspace: Path) -> Dict[str, str]:
+    env = dict(os.environ)
+    cargo_home = ctx.state.cache_dir / "cargo-home"
+    cargo_target = scope / "cargo-target"
+    cargo_home.mkdir(parents=True, exist_ok=True)
+    cargo_target.mkdir(parents=True, exist_ok=True)
+    env.update(
+        {
+            "ARTIFACTS": str(ctx.artifacts_dir),
+            "CARGO_HOME": str(cargo_home),
+            "CARGO_TARGET_DIR": str(cargo_target),
+            "PIKACI_RUN_ID": ctx.run_id,
+            "PIKACI_JOB_ID": ctx.lane.id,
+            "PIKACI_TARGET_ID": ctx.target.id,
+            "PIKACI_SNAPSHOT_DIR": str(ctx.snapshot_dir),
+            "PIKACI_WORKSPACE": str(workspace),
+            "PIKACI_SOURCE_ROOT": str(ctx.source_root),
+        }
+    )
+    env.update(ctx.extra_env)
+    env.update(ctx.lane.env)
+    return env
+
+
+def _run(ctx: JobContext, workspace: Path, env: Dict[str, str]) -> tuple[Optional[int], bool]:
+    proc = subprocess.Popen(
+        [*SHELL, ctx.lane.command],
+        cwd=workspace,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    ctx.track_process(proc.pid)
+    assert proc.stdout is not None
+    pump = threading.Thread(target=_pump, args=(ctx, proc.stdout), daemon=True)
+    pump.start()
+    timed_out = False
+    try:
+        try:
+            proc.wait(timeout=ctx.lane.timeout_secs)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            ctx.host_log.note(f"timeout after {ctx.lane.timeout_secs}s, killing process group")
+    finally:
+        # also reaps background children the command left behind; they would hold the pipe
+        kill_process_group(proc.pid, reap=proc.poll)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=KILL_GRACE_SECS)
+        ctx.track_process(None)
+        pump.join(timeout=KILL_GRACE_SECS)
+    return proc.returncode, timed_out
+
+
+def _pump(ctx: JobContext, stream: IO[bytes]) -> None:
+    prefix = f"[{ctx.lane.id}] "
+    with open(ctx.host_log_path, "ab", buffering=0) as log:
+        for line in iter(stream.readline, b""):
+            log.write(line)
+            ctx.console(prefix + line.decode("utf-8", "replace").rstrip("\r\n"))
+    stream.close()
+
+
+def kill_process_group(
+    pgid: int, grace: float = KILL_GRACE_SECS, reap: Callable[[], object] = lambda: None
+) -> None:
+    """SIGTERM the group, then SIGKILL whatever is still there after `grace` seconds.
+
+    `reap` collects our own child (the group leader) so its zombie does not keep the group
+    looking alive.
+    """
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        reap()
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)

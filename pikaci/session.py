@@ -1,0 +1,564 @@
+"""One orchestrator invocation: its run record, job transitions, events and interruption.
+
+The doit reporter opens the run (`begin`) when the selected tasks include lanes and closes it
+(`finish`); the task actions move their own job through `running` to its verdict. Every
+transition rewrites `jobs/<job>/status.json` and `run.json` atomically under the run's lock
+and, in `jsonl` mode, prints one lifecycle event on stdout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
+
+from pikaci.catalog import Catalog, Lane, Target
+from pikaci.gitinfo import GitState, git_state
+from pikaci.model import (
+    RUN_FAILED,
+    RUN_PASSED,
+    RUN_RUNNING,
+    RUN_SKIPPED,
+    JobRecord,
+    PlanNode,
+    PreparedOutputsRecord,
+    PrepareTiming,
+    RunPlanRecord,
+    RunRecord,
+    dumps_line,
+    dumps_pretty,
+    duration_ms,
+    job_event,
+    new_run_id,
+    now_timestamp,
+    run_finished_event,
+    run_started_event,
+)
+from pikaci.runtimes.base import HostLog, JobContext, Outcome
+from pikaci.runtimes.host import kill_process_group
+from pikaci.store import (
+    GUEST_LOG,
+    HOST_LOG,
+    PLAN_FILE,
+    PREPARED_OUTPUTS_FILE,
+    RunWriter,
+    StateRoot,
+    write_json,
+)
+
+OUTPUT_MODES = ("human", "json", "jsonl")
+ENV_OUTPUT = "PIKACI_OUTPUT"
+_SIGNAL_NAMES: Dict[int, str] = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+
+
+@dataclass
+class Settings:
+    source_root: Path
+    state_root: Path
+    output: str = "human"
+    rerun: Optional[RunRecord] = None  # the run being re-executed, with its snapshot
+    dep_file: Optional[Path] = None  # defaults to the state root's doit.sqlite3
+
+    def __post_init__(self) -> None:
+        if self.output not in OUTPUT_MODES:
+            raise ValueError(
+                f"invalid output mode {self.output!r} (expected one of {', '.join(OUTPUT_MODES)})"
+            )
+
+
+@dataclass
+class LaneInputs:
+    """What a lane's identity is made of, as seen by its up-to-date check."""
+
+    snapshot_dir: str
+    content_hash: str
+    identity: str
+    last_passed_run: Optional[str]
+    git_head: Optional[str] = None
+    git_dirty: Optional[bool] = None
+
+
+@dataclass
+class _PlannedJob:
+    target: Target
+    lane: Lane
+    recorded: bool = False
+
+
+@dataclass
+class _RunState:
+    run_id: str
+    writer: RunWriter
+    jobs: Dict[str, _PlannedJob]
+    active: contextlib.ExitStack
+    prepare_ms: Dict[str, int] = field(default_factory=dict)  # target id -> snapshot time
+    failed_prepares: Dict[str, str] = field(default_factory=dict)  # target id -> message
+    failed_lanes: List[str] = field(default_factory=list)
+    process_groups: Dict[str, int] = field(default_factory=dict)
+    interrupted: Optional[str] = None
+    final: Optional[RunRecord] = None
+
+
+class RunSession:
+    def __init__(self, catalog: Catalog, settings: Settings) -> None:
+        self.catalog = catalog
+        self.settings = settings
+        self.state = StateRoot(settings.state_root)
+        self.inputs: Dict[str, LaneInputs] = {}
+        self.run: Optional[_RunState] = None
+        self._lock = threading.RLock()
+        self._git: Optional[Tuple[Optional[GitState]]] = None
+        # captured now: doit swaps sys.stdout while actions run
+        self._stdout: IO[str] = sys.stdout
+        self._stderr: IO[str] = sys.stderr
+        self._previous_handlers: Dict[int, Any] = {}
+
+    # -- shared inputs ---------------------------------------------------------------------
+
+    def git(self) -> Optional[GitState]:
+        """Git state of the source root, read once per invocation."""
+        with self._lock:
+            if self._git is None:
+                self._git = (git_state(self.settings.source_root),)
+            return self._git[0]
+
+    @property
+    def console_stream(self) -> IO[str]:
+        return self._stdout if self.settings.output == "human" else self._stderr
+
+    def console(self, line: str) -> None:
+        with self._lock:
+            stream = self.console_stream
+            stream.write(line + "\n")
+            stream.flush()
+
+    def _emit(self, event: Dict[str, Any]) -> None:
+        if self.settings.output != "jsonl":
+            return
+        with self._lock:
+            self._stdout.write(dumps_line(event).decode())
+            self._stdout.flush()
+
+    def note_inputs(self, lane_id: str, inputs: LaneInputs) -> None:
+        with self._lock:
+            self.inputs[lane_id] = inputs
+            run = self.run
+        if run is not None:
+            run.writer.update(lambda record: _adopt_snapshot(record, inputs))
+
+    # -- run lifecycle ---------------------------------------------------------------------
+
+    def begin(self, planned: Sequence[Tuple[Target, Lane]]) -> str:
+        """Open the run record for the lanes this invocation may execute."""
+        with self._lock:
+            if self.run is not None:
+                return self.run.run_id
+            run_id = new_run_id()
+            run_dir = self.state.run_dir(run_id)
+            writer = RunWriter(run_dir)
+            rerun = self.settings.rerun
+            targets = {target.id: target for target, _ in planned}
+            target = next(iter(targets.values())) if len(targets) == 1 else None
+            record = RunRecord(
+                run_id=run_id,
+                status=RUN_RUNNING,
+                rerun_of=rerun.run_id if rerun else None,
+                target_id=target.id if target else None,
+                target_description=_describe(target, planned),
+                source_root=str(self.settings.source_root),
+                created_at=now_timestamp(),
+                plan_path=str(run_dir / PLAN_FILE),
+                prepared_outputs_path=str(run_dir / PREPARED_OUTPUTS_FILE),
+                changed_files=list(rerun.changed_files) if rerun else [],
+                filters=list(rerun.filters) if rerun else [],
+                message=f"rerun of {rerun.run_id}" if rerun else None,
+            )
+            if rerun:
+                record.snapshot_dir = rerun.snapshot_dir
+                record.content_hash = rerun.content_hash
+                record.git_head, record.git_dirty = rerun.git_head, rerun.git_dirty
+            writer.create(record)
+            active = contextlib.ExitStack()
+            active.enter_context(writer.active())
+            write_json(run_dir / PLAN_FILE, _plan(record, planned).to_dict())
+            write_json(run_dir / PREPARED_OUTPUTS_FILE, PreparedOutputsRecord().to_dict())
+            self.run = _RunState(
+                run_id=run_id,
+                writer=writer,
+                jobs={lane.id: _PlannedJob(t, lane) for t, lane in planned},
+                active=active,
+            )
+            self._install_signal_handlers()
+        self._emit(run_started_event(record))
+        return run_id
+
+    def finish(self) -> Optional[RunRecord]:
+        """Close the run: unstarted jobs are accounted for, the final status is written."""
+        with self._lock:
+            run = self.run
+            if run is None or run.final is not None:
+                return run.final if run else None
+            for planned in run.jobs.values():
+                if not planned.recorded:
+                    self._record_unstarted(run, planned)
+            for job in run.writer.read().jobs:
+                # jobs whose collect step never ran (`doit run execute:<lane>`, an interrupt)
+                if job.status == RUN_RUNNING:
+                    run.writer.write_job(_settle(job, run.interrupted))
+            record = run.writer.update(lambda r: _finalize(r, run.interrupted))
+            run.final = record
+            run.active.close()
+            self._restore_signal_handlers()
+        self._emit(run_finished_event(record))
+        self._print_summary(record)
+        return record
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def job_context(self, target: Target, lane: Lane, snapshot: Dict[str, Any]) -> JobContext:
+        run = self._require_run()
+        return JobContext(
+            run_id=run.run_id,
+            target=target,
+            lane=lane,
+            state=self.state,
+            source_root=self.settings.source_root,
+            snapshot_dir=Path(snapshot["snapshot_dir"]),
+            content_hash=str(snapshot["content_hash"]),
+            job_dir=self.state.job_dir(run.run_id, lane.id),
+            console=self.console,
+            track_process=lambda pgid: self._track(lane.id, pgid),
+        )
+
+    def job_started(self, ctx: JobContext) -> None:
+        run = self._require_run()
+        inputs = self.inputs.get(ctx.lane.id)
+        job = self._new_job(run, ctx.target, ctx.lane)
+        job.identity = inputs.identity if inputs else None
+        job.pre_execution_prepare_duration_ms = run.prepare_ms.get(ctx.target.id) or None
+        ctx.host_log.note(
+            f"job `{ctx.lane.id}` started in run {run.run_id} "
+            f"(snapshot {ctx.content_hash[:12]}, timeout {ctx.lane.timeout_secs}s)"
+        )
+        with self._lock:
+            run.jobs[ctx.lane.id].recorded = True
+            run.writer.write_job(job)
+        self._emit(job_event("job_started", run.run_id, job))
+
+    def job_outcome(self, lane: Lane, outcome: Outcome) -> None:
+        """The command finished; the verdict waits for its artifacts to be collected."""
+        run = self._require_run()
+        with self._lock:
+            job = run.writer.read_job(lane.id)
+            job.exit_code, job.message = outcome.exit_code, outcome.message
+            run.writer.write_job(job)
+
+    def job_finished(self, lane: Lane, outcome: Outcome) -> JobRecord:
+        run = self._require_run()
+        with self._lock:
+            job = run.writer.read_job(lane.id)
+            if run.interrupted and job.status != RUN_RUNNING:
+                return job  # the interrupt already settled it
+            job.status = outcome.status
+            job.exit_code, job.message = outcome.exit_code, outcome.message
+            if run.interrupted and outcome.status == RUN_FAILED:
+                job.message = f"interrupted by {run.interrupted}"
+            job.finished_at = now_timestamp()
+            if job.status == RUN_FAILED:
+                run.failed_lanes.append(lane.id)
+            run.writer.write_job(job)
+            run.writer.update(lambda r: _mark_failed_early(r, job))
+        self._emit(job_event("job_finished", run.run_id, job))
+        return job
+
+    def job_failed(self, target: Target, lane: Lane, message: str) -> None:
+        """An orchestrator error or an unmet dependency ended the job."""
+        run = self._require_run()
+        with self._lock:
+            planned = run.jobs.get(lane.id) or _PlannedJob(target, lane)
+            if planned.recorded:
+                job = run.writer.read_job(lane.id)
+                if job.status != RUN_RUNNING:
+                    return
+            else:
+                job = self._new_job(run, target, lane)
+                planned.recorded = True
+                run.jobs[lane.id] = planned
+                self._emit(job_event("job_started", run.run_id, job))
+            HostLog(self._job_dir(run, lane) / HOST_LOG).note(message)
+            job.status, job.message, job.finished_at = RUN_FAILED, message, now_timestamp()
+            run.failed_lanes.append(lane.id)
+            run.writer.write_job(job)
+            run.writer.update(lambda r: _mark_failed_early(r, job))
+        self._emit(job_event("job_finished", run.run_id, job))
+
+    def job_reused(self, target: Target, lane: Lane) -> Optional[str]:
+        """The lane's inputs are unchanged since it passed: record the reuse, run nothing."""
+        run = self.run
+        if run is None or lane.id not in run.jobs:
+            return None
+        inputs = self.inputs.get(lane.id)
+        previous = inputs.last_passed_run if inputs else None
+        job = self._new_job(run, target, lane)
+        job.status = RUN_PASSED
+        job.finished_at = job.started_at
+        job.exit_code = 0
+        job.identity = inputs.identity if inputs else None
+        job.reused_from_run = previous
+        job.message = f"reused: passed in run {previous} with the same inputs"
+        HostLog(self._job_dir(run, lane) / HOST_LOG).note(
+            f"inputs unchanged (identity {job.identity}); reusing the passed result of run "
+            f"{previous}; nothing executed"
+        )
+        with self._lock:
+            run.jobs[lane.id].recorded = True
+            run.writer.write_job(job)
+        self._emit(job_event("job_started", run.run_id, job))
+        self._emit(job_event("job_finished", run.run_id, job))
+        return previous
+
+    def prepare_finished(
+        self, target_id: str, started_at: str, finished_at: str, error: Optional[str]
+    ) -> None:
+        run = self.run
+        if run is None:
+            return
+        node_id = f"snapshot-{target_id}"
+        timing = PrepareTiming(
+            node_id=node_id,
+            started_at=started_at,
+            finished_at=finished_at,
+            duration_ms=duration_ms(started_at, finished_at),
+        )
+        with self._lock:
+            run.prepare_ms[target_id] = timing.duration_ms or 0
+            if error is not None:
+                run.failed_prepares[target_id] = error
+            run.writer.update(lambda r: r.prepare_timings.append(timing))
+
+    # -- interruption ----------------------------------------------------------------------
+
+    def _track(self, lane_id: str, pgid: Optional[int]) -> None:
+        run = self.run
+        if run is None:
+            return
+        with self._lock:
+            if pgid is None:
+                run.process_groups.pop(lane_id, None)
+            else:
+                run.process_groups[lane_id] = pgid
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in _SIGNAL_NAMES:
+            self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def _restore_signal_handlers(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(signum, handler)
+        self._previous_handlers.clear()
+
+    def _on_signal(self, signum: int, frame: Optional[FrameType]) -> None:
+        run = self.run
+        name = _SIGNAL_NAMES.get(signum, f"signal {signum}")
+        if run is None or run.interrupted:
+            os._exit(128 + signum)  # second signal: stop now
+        run.interrupted = name
+        self.console(f"pikaci: {name} received; stopping lanes and marking run {run.run_id}")
+        for pgid in list(run.process_groups.values()):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGTERM)
+        # unwinds doit's loop; the reporter's complete_run then finishes the run record
+        raise KeyboardInterrupt(name)
+
+    def exit_if_interrupted(self) -> None:
+        """After an interrupt the run is recorded; leave with the conventional code."""
+        run = self.run
+        if run is None or not run.interrupted:
+            return
+        for pgid in list(run.process_groups.values()):
+            kill_process_group(pgid, grace=2.0)
+        self._stdout.flush()
+        self._stderr.flush()
+        code = 130 if run.interrupted == "SIGINT" else 143
+        os._exit(code)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _require_run(self) -> _RunState:
+        if self.run is None:
+            raise RuntimeError("no run is open: lanes run through the pikaci doit reporter")
+        return self.run
+
+    def _job_dir(self, run: _RunState, lane: Lane) -> Path:
+        return self.state.job_dir(run.run_id, lane.id)
+
+    def _new_job(self, run: _RunState, target: Target, lane: Lane) -> JobRecord:
+        job_dir = self._job_dir(run, lane)
+        (job_dir / "artifacts").mkdir(parents=True, exist_ok=True)
+        (job_dir / HOST_LOG).touch(exist_ok=True)
+        (job_dir / "artifacts" / GUEST_LOG).touch(exist_ok=True)
+        return JobRecord(
+            id=lane.id,
+            description=lane.description or f"lane {lane.id} of target {target.id}",
+            status=RUN_RUNNING,
+            executor=lane.execution.executor,
+            placement=lane.execution.placement,
+            runtime=lane.execution.runtime,
+            plan_node_id=f"execute-{lane.id}",
+            timeout_secs=lane.timeout_secs,
+            host_log_path=str(job_dir / HOST_LOG),
+            guest_log_path=str(job_dir / "artifacts" / GUEST_LOG),
+            started_at=now_timestamp(),
+            target_id=target.id,
+            artifacts_dir=str(job_dir / "artifacts"),
+        )
+
+    def _record_unstarted(self, run: _RunState, planned: _PlannedJob) -> None:
+        job = self._new_job(run, planned.target, planned.lane)
+        failed_prepare = run.failed_prepares.get(planned.target.id)
+        if run.interrupted:
+            job.status, job.message = RUN_SKIPPED, f"not run: interrupted by {run.interrupted}"
+        elif failed_prepare is not None:
+            job.status = RUN_FAILED
+            job.message = (
+                f"prepare node `snapshot-{planned.target.id}` failed before execute: "
+                f"{failed_prepare}"
+            )
+        elif run.failed_prepares:
+            node, message = next(iter(run.failed_prepares.items()))
+            job.status = RUN_SKIPPED
+            job.message = (
+                f"not run because prepare phase stopped after `snapshot-{node}` failed: {message}"
+            )
+        elif run.failed_lanes:
+            job.status, job.message = RUN_SKIPPED, "not run because an earlier execute node failed"
+        else:
+            job.status, job.message = RUN_SKIPPED, "not run: doit did not reach this lane"
+        job.finished_at = job.started_at
+        HostLog(self._job_dir(run, planned.lane) / HOST_LOG).note(job.message)
+        planned.recorded = True
+        run.writer.write_job(job)
+
+    def _print_summary(self, record: RunRecord) -> None:
+        out = self._stdout
+        if self.settings.output == "json":
+            out.write(dumps_pretty(record.to_dict()).decode())
+        elif self.settings.output == "human":
+            for job in record.jobs:
+                out.write(f"{record.run_id} {job.id} {job.status}\n")
+        bundle = self.state.runs_dir / record.run_id
+        reused = sum(1 for job in record.jobs if job.reused_from_run)
+        summary = f"pikaci: run {record.run_id} {record.status}"
+        if record.jobs:
+            summary += f" ({len(record.jobs)} job(s), {reused} reused)"
+        lines = [summary, f"pikaci: run bundle: {bundle}"]
+        for job in record.jobs:
+            if job.message:
+                lines.append(f"pikaci: {job.id}: {job.message}")
+        if record.message and record.status == RUN_FAILED:
+            lines.append(f"pikaci: {record.message}")
+        err = self._stderr
+        err.write("".join(line + "\n" for line in lines))
+        out.flush()
+        err.flush()
+
+
+def _describe(target: Optional[Target], planned: Sequence[Tuple[Target, Lane]]) -> str:
+    if target is not None:
+        return target.description or f"target {target.id}"
+    return "lanes " + ", ".join(lane.id for _, lane in planned)
+
+
+def _plan(record: RunRecord, planned: Sequence[Tuple[Target, Lane]]) -> RunPlanRecord:
+    nodes: List[PlanNode] = []
+    seen_targets: List[str] = []
+    for target, lane in planned:
+        if target.id not in seen_targets:
+            seen_targets.append(target.id)
+            nodes.append(
+                PlanNode(
+                    kind="prepare",
+                    id=f"snapshot-{target.id}",
+                    description=f"Snapshot the workspace for {target.id}",
+                    executor="host_local",
+                    placement="local",
+                    runtime="host_process",
+                    prepare={
+                        "type": "workspace_snapshot",
+                        "excludes": list(target.snapshot_excludes),
+                    },
+                )
+            )
+        nodes.append(
+            PlanNode(
+                kind="execute",
+                id=f"execute-{lane.id}",
+                description=lane.description or f"lane {lane.id}",
+                executor=lane.execution.executor,
+                placement=lane.execution.placement,
+                runtime=lane.execution.runtime,
+                depends_on=[f"snapshot-{target.id}"],
+                execute={
+                    "type": "host_command",
+                    "command": lane.command,
+                    "timeout_secs": lane.timeout_secs,
+                    "writable_workspace": True,
+                },
+            )
+        )
+    return RunPlanRecord(
+        run_id=record.run_id,
+        target_id=record.target_id,
+        target_description=record.target_description,
+        created_at=record.created_at,
+        nodes=nodes,
+    )
+
+
+def _adopt_snapshot(record: RunRecord, inputs: LaneInputs) -> None:
+    if record.snapshot_dir:
+        return
+    record.snapshot_dir = inputs.snapshot_dir
+    record.content_hash = inputs.content_hash
+    record.git_head, record.git_dirty = inputs.git_head, inputs.git_dirty
+
+
+def _mark_failed_early(record: RunRecord, job: JobRecord) -> None:
+    # the run is failed as soon as any job is
+    if job.status == RUN_FAILED and record.status == RUN_RUNNING:
+        record.status = RUN_FAILED
+
+
+def _settle(job: JobRecord, interrupted: Optional[str]) -> JobRecord:
+    if interrupted:
+        job.status, job.message = RUN_FAILED, f"interrupted by {interrupted}"
+    elif job.exit_code is None:
+        job.status = RUN_FAILED
+        job.message = job.message or "job ended without a recorded outcome"
+    else:
+        job.status = RUN_PASSED if job.exit_code == 0 else RUN_FAILED
+    job.finished_at = now_timestamp()
+    return job
+
+
+def _finalize(record: RunRecord, interrupted: Optional[str]) -> None:
+    statuses = [job.status for job in record.jobs]
+    if interrupted:
+        record.status = RUN_FAILED
+        record.message = f"interrupted by {interrupted}"
+    elif RUN_FAILED in statuses:
+        record.status = RUN_FAILED
+    elif statuses and all(status == RUN_SKIPPED for status in statuses):
+        record.status = RUN_SKIPPED
+    else:
+        record.status = RUN_PASSED
+    record.finished_at = now_timestamp()

@@ -1,0 +1,395 @@
+"""The state root: layout, atomic writes, run locks, loading, listing, gc and run bundles.
+
+Layout (under the state root):
+
+    runs/<run_id>/run.json, plan.json, prepared-outputs.json
+    runs/<run_id>/jobs/<job_id>/status.json, host.log, artifacts/{guest.log,result.json,...}
+    cache/snapshots/<content_hash>/      content-addressed workspace snapshots
+    cache/host-local/lane-<id>/          materialized workspaces of local host-process lanes
+    doit.sqlite3                         doit's dependency database
+
+Every JSON file is written atomically (temp file in the same directory, fsync, rename), so a
+reader sees the old or the new version, never a torn one, whatever happens to the writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import secrets
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, TextIO
+
+from pikaci.ids import ID_RULE, is_safe_id
+from pikaci.model import (
+    RUN_RUNNING,
+    JobLogsMetadata,
+    JobRecord,
+    PreparedOutputsRecord,
+    RecordError,
+    RunLogsMetadata,
+    RunRecord,
+    dumps_pretty,
+    is_run_id,
+    loads_object,
+    parse_timestamp,
+)
+
+ENV_STATE_ROOT = "PIKACI_STATE_ROOT"
+DEFAULT_STATE_DIR = ".pikaci"
+RUN_FILE = "run.json"
+PLAN_FILE = "plan.json"
+PREPARED_OUTPUTS_FILE = "prepared-outputs.json"
+JOB_STATUS_FILE = "status.json"
+HOST_LOG = "host.log"
+GUEST_LOG = "guest.log"
+RESULT_FILE = "result.json"
+_UPDATE_LOCK = ".lock"
+_ACTIVE_LOCK = ".active"
+
+
+class StoreError(Exception):
+    """A user-facing error about the state root; the message is one line."""
+
+
+class RunNotFound(StoreError):
+    pass
+
+
+def resolve_state_root(
+    flag: Optional[str] = None,
+    environ: Optional[Mapping[str, str]] = None,
+    cwd: Optional[Path] = None,
+) -> Path:
+    """`--state-root` > `PIKACI_STATE_ROOT` > `<cwd>/.pikaci`, made absolute."""
+    env = os.environ if environ is None else environ
+    base = cwd or Path.cwd()
+    chosen = flag or env.get(ENV_STATE_ROOT, "").strip() or DEFAULT_STATE_DIR
+    return (base / Path(chosen).expanduser()).absolute()
+
+
+# -- atomic writes ----------------------------------------------------------------------------
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers only ever see a complete file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # makes the rename itself durable; some filesystems refuse fsync on directories
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_bytes(path, dumps_pretty(data))
+
+
+def read_json_object(path: Path) -> Dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise RecordError(f"{path}: unreadable ({exc.strerror})") from None
+    return loads_object(raw, str(path))
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, blocking: bool = True) -> Iterator[bool]:
+    """Exclusive flock on `path`; yields False when non-blocking and already held elsewhere."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                yield False
+                return
+            raise
+        yield True
+    finally:
+        os.close(fd)
+
+
+# -- the state root ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StateRoot:
+    root: Path
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.cache_dir / "snapshots"
+
+    @property
+    def dep_file(self) -> Path:
+        return self.root / "doit.sqlite3"
+
+    def host_local_dir(self, lane_id: str) -> Path:
+        return self.cache_dir / "host-local" / f"lane-{lane_id}"
+
+    def run_dir(self, run_id: str) -> Path:
+        check_run_id(run_id)
+        return self.runs_dir / run_id
+
+    def job_dir(self, run_id: str, job_id: str) -> Path:
+        if not is_safe_id(job_id):
+            raise StoreError(f"invalid job id {job_id!r}: expected {ID_RULE}")
+        return self.run_dir(run_id) / "jobs" / job_id
+
+
+def check_run_id(run_id: str) -> None:
+    if not is_run_id(run_id):
+        raise StoreError(f"invalid run id {run_id!r}: expected YYYYmmddTHHMMSSZ-<8 hex>")
+
+
+# -- writing runs -----------------------------------------------------------------------------
+
+
+class RunWriter:
+    """Read-modify-write access to one run's records, safe across threads and processes."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.run_path = run_dir / RUN_FILE
+
+    def create(self, run: RunRecord) -> None:
+        (self.run_dir / "jobs").mkdir(parents=True, exist_ok=True)
+        with file_lock(self.run_dir / _UPDATE_LOCK):
+            write_json(self.run_path, run.to_dict())
+
+    def read(self) -> RunRecord:
+        return RunRecord.from_dict(read_json_object(self.run_path), str(self.run_path))
+
+    def update(self, change: Callable[[RunRecord], None]) -> RunRecord:
+        with file_lock(self.run_dir / _UPDATE_LOCK):
+            run = self.read()
+            change(run)
+            write_json(self.run_path, run.to_dict())
+            return run
+
+    def write_job(self, job: JobRecord) -> RunRecord:
+        """Write `jobs/<id>/status.json` and upsert the job into `run.json`."""
+        with file_lock(self.run_dir / _UPDATE_LOCK):
+            write_json(self.run_dir / "jobs" / job.id / JOB_STATUS_FILE, job.to_dict())
+            run = self.read()
+            run.upsert_job(job)
+            write_json(self.run_path, run.to_dict())
+            return run
+
+    def read_job(self, job_id: str) -> JobRecord:
+        path = self.run_dir / "jobs" / job_id / JOB_STATUS_FILE
+        return JobRecord.from_dict(read_json_object(path), str(path))
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Held by the orchestrator for the run's lifetime; gc and list use it to spot live runs."""
+        with file_lock(self.run_dir / _ACTIVE_LOCK):
+            yield
+
+
+def run_is_active(run_dir: Path) -> bool:
+    lock = run_dir / _ACTIVE_LOCK
+    if not lock.exists():
+        return False
+    with file_lock(lock, blocking=False) as acquired:
+        return not acquired
+
+
+# -- reading runs -----------------------------------------------------------------------------
+
+
+def load_run_record(state: StateRoot, run_id: str) -> RunRecord:
+    path = state.run_dir(run_id) / RUN_FILE
+    try:
+        data = read_json_object(path)
+    except FileNotFoundError:
+        raise RunNotFound(f"run `{run_id}` not found under {state.runs_dir}") from None
+    return RunRecord.from_dict(data, str(path))
+
+
+@dataclass
+class RunListing:
+    runs: List[RunRecord] = field(default_factory=list)
+    problems: List[str] = field(default_factory=list)
+
+
+def list_runs(state: StateRoot) -> RunListing:
+    """Every decodable run, newest first; undecodable ones are reported, never fatal."""
+    listing = RunListing()
+    try:
+        entries = sorted(os.scandir(state.runs_dir), key=lambda entry: entry.name)
+    except FileNotFoundError:
+        return listing
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        path = Path(entry.path) / RUN_FILE
+        try:
+            listing.runs.append(RunRecord.from_dict(read_json_object(path), str(path)))
+        except FileNotFoundError:
+            listing.problems.append(f"{path}: missing (run directory without a record)")
+        except RecordError as exc:
+            listing.problems.append(str(exc))
+    listing.runs.sort(key=_created_key, reverse=True)
+    return listing
+
+
+def _created_key(run: RunRecord) -> Any:
+    return (parse_timestamp(run.created_at), run.run_id)
+
+
+def job_log_paths(state: StateRoot, run: RunRecord, job: JobRecord) -> tuple[Path, Path]:
+    job_dir = state.runs_dir / run.run_id / "jobs" / job.id
+    host = Path(job.host_log_path) if job.host_log_path else job_dir / HOST_LOG
+    guest = Path(job.guest_log_path) if job.guest_log_path else job_dir / "artifacts" / GUEST_LOG
+    return host, guest
+
+
+def load_logs_metadata(state: StateRoot, run: RunRecord) -> RunLogsMetadata:
+    """Derived from the record alone; missing logs only flip the `*_exists` flags."""
+    jobs = []
+    for job in run.jobs:
+        host, guest = job_log_paths(state, run, job)
+        jobs.append(
+            JobLogsMetadata(
+                id=job.id,
+                host_log_path=str(host),
+                guest_log_path=str(guest),
+                host_log_exists=host.is_file(),
+                guest_log_exists=guest.is_file(),
+            )
+        )
+    return RunLogsMetadata(run_id=run.run_id, status=run.status, jobs=jobs)
+
+
+def prepared_outputs_path(state: StateRoot, run: RunRecord) -> Path:
+    if run.prepared_outputs_path:
+        return Path(run.prepared_outputs_path)
+    return state.runs_dir / run.run_id / PREPARED_OUTPUTS_FILE
+
+
+def load_prepared_outputs(state: StateRoot, run: RunRecord) -> Optional[PreparedOutputsRecord]:
+    """None when the run has no record; RecordError when it exists but is corrupt."""
+    path = prepared_outputs_path(state, run)
+    if not path.is_file():
+        return None
+    try:
+        data = read_json_object(path)
+    except FileNotFoundError:
+        return None
+    return PreparedOutputsRecord.from_dict(data, str(path))
+
+
+def load_run_bundle(
+    state: StateRoot, run_id: str, warnings: Optional[TextIO] = None
+) -> Dict[str, Any]:
+    """`{run, logs, prepared_outputs}`: the run is mandatory, prepared outputs best-effort."""
+    run = load_run_record(state, run_id)
+    prepared: Optional[Dict[str, Any]] = None
+    try:
+        record = load_prepared_outputs(state, run)
+        prepared = record.to_dict() if record else None
+    except RecordError as exc:
+        (warnings or sys.stderr).write(f"warning: ignoring prepared outputs: {exc}\n")
+    return {
+        "run": run.to_dict(),
+        "logs": load_logs_metadata(state, run).to_dict(),
+        "prepared_outputs": prepared,
+    }
+
+
+# -- garbage collection -----------------------------------------------------------------------
+
+
+@dataclass
+class GcReport:
+    removed_runs: List[str] = field(default_factory=list)
+    kept_active: List[str] = field(default_factory=list)
+    removed_snapshots: List[str] = field(default_factory=list)
+
+
+def gc_runs(state: StateRoot, keep_runs: int) -> GcReport:
+    """Delete all but the `keep_runs` newest run directories (ids sort chronologically).
+
+    A run whose orchestrator is still alive is never removed. Snapshots that no remaining run
+    references are removed too; doit's saved state may still name one, and the snapshot task
+    then rebuilds it on the next run (its up-to-date check looks for the directory).
+    """
+    if keep_runs < 0:
+        raise StoreError("--keep-runs must be zero or positive")
+    report = GcReport()
+    try:
+        names = sorted(
+            e.name for e in os.scandir(state.runs_dir) if e.is_dir() and not e.name.startswith(".")
+        )
+    except FileNotFoundError:
+        names = []
+    doomed = names[: max(0, len(names) - keep_runs)]
+    for name in doomed:
+        run_dir = state.runs_dir / name
+        if run_is_active(run_dir):
+            report.kept_active.append(name)
+            continue
+        shutil.rmtree(run_dir, ignore_errors=True)
+        report.removed_runs.append(name)
+    report.removed_snapshots = _gc_snapshots(state)
+    return report
+
+
+def _gc_snapshots(state: StateRoot) -> List[str]:
+    referenced = {run.snapshot_dir for run in list_runs(state).runs if run.snapshot_dir}
+    try:
+        entries = [e for e in os.scandir(state.snapshots_dir) if e.is_dir()]
+    except FileNotFoundError:
+        return []
+    removed = []
+    for entry in entries:
+        if entry.name.startswith(".tmp-"):
+            continue  # a snapshot being published right now
+        if entry.path in referenced:
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(entry.name)
+    return sorted(removed)
+
+
+def is_running(run: RunRecord) -> bool:
+    return run.status == RUN_RUNNING

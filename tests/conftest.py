@@ -1,0 +1,161 @@
+"""Shared fixtures: throwaway repositories with their own dodo.py, driven as subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import orjson
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DOIT = [sys.executable, "-m", "doit"]
+PIKACI = [sys.executable, "-m", "pikaci.cli.main"]
+
+
+@dataclass
+class LaneSpec:
+    id: str
+    command: str
+    timeout_secs: int = 60
+    target: str = "main"
+    env: Dict[str, str] = field(default_factory=dict)
+    placement: str = "local"
+    runtime: str = "host_process"
+
+
+def render_dodo(lanes: Sequence[LaneSpec], excludes: Optional[Dict[str, List[str]]] = None) -> str:
+    targets: Dict[str, List[LaneSpec]] = {}
+    for lane in lanes:
+        targets.setdefault(lane.target, []).append(lane)
+    blocks = []
+    for target_id, target_lanes in targets.items():
+        lane_src = ",\n".join(
+            f"        Lane(id={lane.id!r}, command={lane.command!r}, "
+            f"execution=Execution({lane.placement!r}, {lane.runtime!r}), "
+            f"timeout_secs={lane.timeout_secs!r}, env={lane.env!r})"
+            for lane in target_lanes
+        )
+        exclude = tuple((excludes or {}).get(target_id, ()))
+        blocks.append(
+            f"    Target(id={target_id!r}, description='target {target_id}', "
+            f"snapshot_excludes={exclude!r}, lanes=[\n{lane_src}\n    ])"
+        )
+    return textwrap.dedent(
+        """\
+        from pikaci.catalog import Catalog, Execution, Lane, Target
+        from pikaci.graph import declare
+
+        CATALOG = Catalog(targets=[
+        {targets}
+        ])
+        DOIT_CONFIG, task_pikaci = declare(CATALOG, __file__)
+        """
+    ).format(targets=",\n".join(blocks))
+
+
+@dataclass
+class Project:
+    root: Path
+    state_root: Path
+
+    @property
+    def env(self) -> Dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIKACI_")}
+        env["PIKACI_STATE_ROOT"] = str(self.state_root)
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        return env
+
+    def run(
+        self, argv: Sequence[str], timeout: float = 120, env: Optional[Dict[str, str]] = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            list(argv),
+            cwd=self.root,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def doit(self, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return self.run([*DOIT, *args], **kwargs)  # type: ignore[arg-type]
+
+    def pikaci(self, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return self.run([*PIKACI, *args], **kwargs)  # type: ignore[arg-type]
+
+    def write(self, relpath: str, content: str, mode: int = 0o644) -> Path:
+        path = self.root / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+        path.chmod(mode)
+        return path
+
+    def commit(self, message: str = "change") -> None:
+        git(self.root, "add", "-A")
+        git(self.root, "commit", "-q", "-m", message)
+
+    def run_ids(self) -> List[str]:
+        """Run ids in creation order (ids made in the same second sort by their random part)."""
+        runs = self.state_root / "runs"
+        if not runs.is_dir():
+            return []
+        ids = [p.name for p in runs.iterdir() if (p / "run.json").is_file()]
+        return sorted(ids, key=lambda run_id: (self.run_record(run_id)["created_at"], run_id))
+
+    def run_record(self, run_id: str) -> Dict[str, object]:
+        data = orjson.loads((self.state_root / "runs" / run_id / "run.json").read_bytes())
+        assert isinstance(data, dict)
+        return data
+
+    def latest_run(self) -> Dict[str, object]:
+        ids = self.run_ids()
+        assert ids, "no run recorded"
+        return self.run_record(ids[-1])
+
+    def job_dir(self, run_id: str, job_id: str) -> Path:
+        return self.state_root / "runs" / run_id / "jobs" / job_id
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=pikaci-test", "-c", "user.email=test@localhost", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+@pytest.fixture
+def make_project(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """make_project(lanes, excludes=None) -> Project: a committed git repo with a dodo.py."""
+
+    def factory(
+        lanes: Sequence[LaneSpec], excludes: Optional[Dict[str, List[str]]] = None
+    ) -> Project:
+        root = tmp_path / "repo"
+        root.mkdir()
+        project = Project(root=root, state_root=tmp_path / "state")
+        project.write("dodo.py", render_dodo(lanes, excludes))
+        project.write("src/hello.txt", "hello\n")
+        git(root, "init", "-q", "-b", "main")
+        project.commit("initial")
+        return project
+
+    return factory
+
+
+def executed_tasks(stdout: str) -> List[str]:
+    """doit's `.  <task>` lines: the tasks that actually ran."""
+    return [line[3:].split()[0] for line in stdout.splitlines() if line.startswith(".  ")]
+
+
+def reused_tasks(stdout: str) -> List[str]:
+    return [line[3:].split()[0] for line in stdout.splitlines() if line.startswith("-- ")]
