@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from pikaci.ids import ID_RULE, is_safe_id
+from pikaci.snapshot import SnapshotFilter
 
 PLACEMENT_LOCAL = "local"
 PLACEMENT_REMOTE_SSH = "remote_ssh"
@@ -136,7 +137,8 @@ class Catalog:
                 if lane.id in lane_ids:
                     other = lane_ids[lane.id]
                     raise CatalogError(
-                        f"lane `{lane.id}`: duplicate lane id (also in target `{other}`)"
+                        f"lane `{lane.id}`: duplicate lane id (in targets `{other}` "
+                        f"and `{target.id}`)"
                     )
                 lane_ids[lane.id] = target.id
         return self
@@ -192,8 +194,10 @@ def _check_str(value: object, where: str) -> None:
 
 
 def _check_excludes(excludes: object, where: str) -> None:
-    if not isinstance(excludes, (list, tuple)):
-        raise CatalogError(f"{where}: field `snapshot_excludes` must be a list of strings")
-    for entry in excludes:
-        if not isinstance(entry, str) or not entry.strip("/") or ".." in entry.split("/"):
-            raise CatalogError(f"{where}: invalid snapshot exclude {entry!r}")
+    field_name = f"{where}: field `snapshot_excludes`"
+    if not isinstance(excludes, (list, tuple)) or not all(isinstance(e, str) for e in excludes):
+        raise CatalogError(f"{field_name} must be a list of strings")
+    try:
+        SnapshotFilter(extra_excludes=tuple(excludes))  # the filter's own rules, checked early
+    except ValueError as exc:
+        raise CatalogError(f"{field_name}: {exc}") from None

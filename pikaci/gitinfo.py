@@ -32,10 +32,8 @@ class _RepoInfo:
 
 def git_state(source_root: Path) -> Optional[GitState]:
     """Return HEAD and changed paths, or None without git or outside a work tree."""
-    info = _repo_info(source_root)
-    if info is None:
-        return None
-    raw = _run_git(
+    # both calls run at once: this is on the path of every no-op rerun
+    status = _spawn_git(
         source_root,
         "status",
         "--porcelain=v1",
@@ -45,7 +43,9 @@ def git_state(source_root: Path) -> Optional[GitState]:
         "--",
         ".",
     )
-    if raw is None or raw[0] != 0:
+    info = _repo_info(source_root)
+    raw = _finish(status)
+    if info is None or raw is None or raw[0] != 0:
         return None
     dirty = False
     changed: List[str] = []
@@ -79,18 +79,27 @@ def _repo_info(source_root: Path) -> Optional[_RepoInfo]:
 
 def _run_git(cwd: Path, *args: str) -> Optional[Tuple[int, bytes]]:
     """Run git quietly; None when git itself cannot be started."""
+    return _finish(_spawn_git(cwd, *args))
+
+
+def _spawn_git(cwd: Path, *args: str) -> Optional[subprocess.Popen[bytes]]:
     try:
-        proc = subprocess.run(
+        return subprocess.Popen(
             ["git", "-C", str(cwd), *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             env=_git_env(),
-            check=False,
         )
     except OSError:
         return None
-    return proc.returncode, proc.stdout
+
+
+def _finish(proc: Optional[subprocess.Popen[bytes]]) -> Optional[Tuple[int, bytes]]:
+    if proc is None:
+        return None
+    out, _ = proc.communicate()
+    return proc.returncode, out
 
 
 def _git_env() -> Dict[str, str]:

@@ -13,4 +13,4 @@ ID_RULE = "1-128 characters from [A-Za-z0-9._-], starting with a letter or digit
 
 
 def is_safe_id(text: object) -> bool:
-    return isinstance(text, str) and ID_PATTERN.match(text) is not None
+    return isinstance(text, str) and ID_PATTERN.fullmatch(text) is not None

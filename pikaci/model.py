@@ -66,7 +66,9 @@ def parse_timestamp(text: str) -> datetime:
     `datetime.fromisoformat` before 3.11 rejects anything but 3 or 6 digits, so this parses by
     hand. A missing offset means UTC.
     """
-    match = _TIMESTAMP_PATTERN.match(text.strip())
+    if not isinstance(text, str):
+        raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
+    match = _TIMESTAMP_PATTERN.fullmatch(text.strip())
     if match is None:
         raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
     year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
@@ -90,8 +92,8 @@ def new_run_id(moment: Optional[datetime] = None) -> str:
     return f"{moment.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(4)}"
 
 
-def is_run_id(text: str) -> bool:
-    return RUN_ID_PATTERN.match(text) is not None
+def is_run_id(text: object) -> bool:
+    return isinstance(text, str) and RUN_ID_PATTERN.fullmatch(text) is not None
 
 
 # -- JSON -----------------------------------------------------------------------------------
@@ -337,6 +339,8 @@ class RunRecord(Record):
 
     def validate(self, what: str) -> None:
         _check_status(self.status, f"{what}.status")
+        if not isinstance(self.run_id, str) or not self.run_id:
+            raise RecordError(f"{what}.run_id: expected a non-empty string")
         try:
             parse_timestamp(self.created_at)
         except (TypeError, ValueError):

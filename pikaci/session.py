@@ -13,10 +13,11 @@ import os
 import signal
 import sys
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from pikaci.catalog import Catalog, Lane, Target
 from pikaci.gitinfo import GitState, git_state
@@ -103,6 +104,11 @@ class _RunState:
     process_groups: Dict[str, int] = field(default_factory=dict)
     interrupted: Optional[str] = None
     final: Optional[RunRecord] = None
+    snapshot_adopted: bool = False
+    # reused jobs and run changes not yet written: folded into the next run.json write
+    pending: List[JobRecord] = field(default_factory=list)
+    pending_changes: List[Callable[[RunRecord], None]] = field(default_factory=list)
+    background: List[Future[None]] = field(default_factory=list)
 
 
 class RunSession:
@@ -118,6 +124,13 @@ class RunSession:
         self._stdout: IO[str] = sys.stdout
         self._stderr: IO[str] = sys.stderr
         self._previous_handlers: Dict[int, Any] = {}
+        self._pool: Optional[ThreadPoolExecutor] = None
+
+    def _writer(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pikaci-records")
+            return self._pool
 
     # -- shared inputs ---------------------------------------------------------------------
 
@@ -149,8 +162,10 @@ class RunSession:
         with self._lock:
             self.inputs[lane_id] = inputs
             run = self.run
-        if run is not None:
-            run.writer.update(lambda record: _adopt_snapshot(record, inputs))
+        if run is not None and not run.snapshot_adopted:
+            # folded into the next write of run.json
+            run.snapshot_adopted = True
+            run.pending_changes.append(lambda record: _adopt_snapshot(record, inputs))
 
     # -- run lifecycle ---------------------------------------------------------------------
 
@@ -183,9 +198,10 @@ class RunSession:
                 record.snapshot_dir = rerun.snapshot_dir
                 record.content_hash = rerun.content_hash
                 record.git_head, record.git_dirty = rerun.git_head, rerun.git_dirty
-            writer.create(record)
+            # the liveness lock comes first, so gc never sees this run without it
             active = contextlib.ExitStack()
             active.enter_context(writer.active())
+            writer.create(record)
             write_json(run_dir / PLAN_FILE, _plan(record, planned).to_dict())
             write_json(run_dir / PREPARED_OUTPUTS_FILE, PreparedOutputsRecord().to_dict())
             self.run = _RunState(
@@ -204,16 +220,24 @@ class RunSession:
             run = self.run
             if run is None or run.final is not None:
                 return run.final if run else None
-            for planned in run.jobs.values():
-                if not planned.recorded:
-                    self._record_unstarted(run, planned)
-            for job in run.writer.read().jobs:
-                # jobs whose collect step never ran (`doit run execute:<lane>`, an interrupt)
-                if job.status == RUN_RUNNING:
-                    run.writer.write_job(_settle(job, run.interrupted))
-            record = run.writer.update(lambda r: _finalize(r, run.interrupted))
+            closing = [
+                self._record_unstarted(run, planned)
+                for planned in run.jobs.values()
+                if not planned.recorded
+            ]
+            # jobs whose collect step never ran (`doit run execute:<lane>`, an interrupt)
+            closing += [
+                _settle(job, run.interrupted)
+                for job in run.writer.read().jobs
+                if job.status == RUN_RUNNING
+            ]
+            order = {lane_id: index for index, lane_id in enumerate(run.jobs)}
+            record = self._commit(run, closing, lambda r: _finalize(r, run.interrupted, order))
             run.final = record
             run.active.close()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
             self._restore_signal_handlers()
         self._emit(run_finished_event(record))
         self._print_summary(record)
@@ -248,7 +272,7 @@ class RunSession:
         )
         with self._lock:
             run.jobs[ctx.lane.id].recorded = True
-            run.writer.write_job(job)
+            self._commit(run, [job])
         self._emit(job_event("job_started", run.run_id, job))
 
     def job_outcome(self, lane: Lane, outcome: Outcome) -> None:
@@ -256,15 +280,17 @@ class RunSession:
         run = self._require_run()
         with self._lock:
             job = run.writer.read_job(lane.id)
+            if run.final is not None or job.status != RUN_RUNNING:
+                return  # an interrupt already settled the job
             job.exit_code, job.message = outcome.exit_code, outcome.message
-            run.writer.write_job(job)
+            self._commit(run, [job])
 
     def job_finished(self, lane: Lane, outcome: Outcome) -> JobRecord:
         run = self._require_run()
         with self._lock:
             job = run.writer.read_job(lane.id)
-            if run.interrupted and job.status != RUN_RUNNING:
-                return job  # the interrupt already settled it
+            if run.final is not None or job.status != RUN_RUNNING:
+                return job  # an interrupt already settled it
             job.status = outcome.status
             job.exit_code, job.message = outcome.exit_code, outcome.message
             if run.interrupted and outcome.status == RUN_FAILED:
@@ -272,8 +298,7 @@ class RunSession:
             job.finished_at = now_timestamp()
             if job.status == RUN_FAILED:
                 run.failed_lanes.append(lane.id)
-            run.writer.write_job(job)
-            run.writer.update(lambda r: _mark_failed_early(r, job))
+            self._commit(run, [job], lambda r: _mark_failed_early(r, job))
         self._emit(job_event("job_finished", run.run_id, job))
         return job
 
@@ -281,6 +306,8 @@ class RunSession:
         """An orchestrator error or an unmet dependency ended the job."""
         run = self._require_run()
         with self._lock:
+            if run.final is not None:
+                return
             planned = run.jobs.get(lane.id) or _PlannedJob(target, lane)
             if planned.recorded:
                 job = run.writer.read_job(lane.id)
@@ -294,8 +321,7 @@ class RunSession:
             HostLog(self._job_dir(run, lane) / HOST_LOG).note(message)
             job.status, job.message, job.finished_at = RUN_FAILED, message, now_timestamp()
             run.failed_lanes.append(lane.id)
-            run.writer.write_job(job)
-            run.writer.update(lambda r: _mark_failed_early(r, job))
+            self._commit(run, [job], lambda r: _mark_failed_early(r, job))
         self._emit(job_event("job_finished", run.run_id, job))
 
     def job_reused(self, target: Target, lane: Lane) -> Optional[str]:
@@ -305,20 +331,22 @@ class RunSession:
             return None
         inputs = self.inputs.get(lane.id)
         previous = inputs.last_passed_run if inputs else None
-        job = self._new_job(run, target, lane)
+        # the logs and artifacts that prove the pass are the executing run's; a reused job
+        # adds only its status.json here
+        job = self._new_job(run, target, lane, logs_from=previous)
         job.status = RUN_PASSED
         job.finished_at = job.started_at
         job.exit_code = 0
         job.identity = inputs.identity if inputs else None
         job.reused_from_run = previous
         job.message = f"reused: passed in run {previous} with the same inputs"
-        HostLog(self._job_dir(run, lane) / HOST_LOG).note(
-            f"inputs unchanged (identity {job.identity}); reusing the passed result of run "
-            f"{previous}; nothing executed"
-        )
         with self._lock:
+            # the job's status.json is written in the background while doit checks the other
+            # lanes, and run.json takes the job with its next write: a no-op rerun of many
+            # lanes costs one run.json rewrite instead of one per lane
             run.jobs[lane.id].recorded = True
-            run.writer.write_job(job)
+            run.pending.append(job)
+            run.background.append(self._writer().submit(run.writer.write_job_file, job))
         self._emit(job_event("job_started", run.run_id, job))
         self._emit(job_event("job_finished", run.run_id, job))
         return previous
@@ -340,7 +368,7 @@ class RunSession:
             run.prepare_ms[target_id] = timing.duration_ms or 0
             if error is not None:
                 run.failed_prepares[target_id] = error
-            run.writer.update(lambda r: r.prepare_timings.append(timing))
+            self._commit(run, [], lambda r: r.prepare_timings.append(timing))
 
     # -- interruption ----------------------------------------------------------------------
 
@@ -401,11 +429,17 @@ class RunSession:
     def _job_dir(self, run: _RunState, lane: Lane) -> Path:
         return self.state.job_dir(run.run_id, lane.id)
 
-    def _new_job(self, run: _RunState, target: Target, lane: Lane) -> JobRecord:
-        job_dir = self._job_dir(run, lane)
-        (job_dir / "artifacts").mkdir(parents=True, exist_ok=True)
-        (job_dir / HOST_LOG).touch(exist_ok=True)
-        (job_dir / "artifacts" / GUEST_LOG).touch(exist_ok=True)
+    def _new_job(
+        self, run: _RunState, target: Target, lane: Lane, logs_from: Optional[str] = None
+    ) -> JobRecord:
+        """A fresh job record; `logs_from` points logs and artifacts at the run that executed."""
+        if logs_from is not None:
+            job_dir = self.state.job_dir(logs_from, lane.id)
+        else:
+            job_dir = self._job_dir(run, lane)
+            (job_dir / "artifacts").mkdir(parents=True, exist_ok=True)
+            (job_dir / HOST_LOG).touch(exist_ok=True)
+            (job_dir / "artifacts" / GUEST_LOG).touch(exist_ok=True)
         return JobRecord(
             id=lane.id,
             description=lane.description or f"lane {lane.id} of target {target.id}",
@@ -422,7 +456,7 @@ class RunSession:
             artifacts_dir=str(job_dir / "artifacts"),
         )
 
-    def _record_unstarted(self, run: _RunState, planned: _PlannedJob) -> None:
+    def _record_unstarted(self, run: _RunState, planned: _PlannedJob) -> JobRecord:
         job = self._new_job(run, planned.target, planned.lane)
         failed_prepare = run.failed_prepares.get(planned.target.id)
         if run.interrupted:
@@ -446,7 +480,28 @@ class RunSession:
         job.finished_at = job.started_at
         HostLog(self._job_dir(run, planned.lane) / HOST_LOG).note(job.message)
         planned.recorded = True
-        run.writer.write_job(job)
+        return job
+
+    def _commit(
+        self,
+        run: _RunState,
+        jobs: Sequence[JobRecord],
+        change: Optional[Callable[[RunRecord], None]] = None,
+    ) -> RunRecord:
+        with self._lock:
+            for future in run.background:
+                future.result()  # an error writing a reused job's record surfaces here
+            run.background.clear()
+            pending, run.pending = run.pending, []
+            changes, run.pending_changes = run.pending_changes, []
+            if change is not None:
+                changes.append(change)
+
+            def apply(record: RunRecord) -> None:
+                for each in changes:
+                    each(record)
+
+            return run.writer.commit(jobs, apply, written_jobs=pending)
 
     def _print_summary(self, record: RunRecord) -> None:
         out = self._stdout
@@ -540,7 +595,11 @@ def _mark_failed_early(record: RunRecord, job: JobRecord) -> None:
 
 def _settle(job: JobRecord, interrupted: Optional[str]) -> JobRecord:
     if interrupted:
-        job.status, job.message = RUN_FAILED, f"interrupted by {interrupted}"
+        finished_command = job.message if job.exit_code is not None else None
+        job.status = RUN_FAILED
+        job.message = f"interrupted by {interrupted}"
+        if finished_command:
+            job.message += f" before its artifacts were collected ({finished_command})"
     elif job.exit_code is None:
         job.status = RUN_FAILED
         job.message = job.message or "job ended without a recorded outcome"
@@ -550,7 +609,9 @@ def _settle(job: JobRecord, interrupted: Optional[str]) -> JobRecord:
     return job
 
 
-def _finalize(record: RunRecord, interrupted: Optional[str]) -> None:
+def _finalize(record: RunRecord, interrupted: Optional[str], order: Dict[str, int]) -> None:
+    # jobs were appended as they started; the final record lists them in catalog order
+    record.jobs.sort(key=lambda job: order.get(job.id, len(order)))
     statuses = [job.status for job in record.jobs]
     if interrupted:
         record.status = RUN_FAILED

@@ -18,12 +18,13 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import secrets
 import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, TextIO
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, TextIO
 
 from pikaci.ids import ID_RULE, is_safe_id
 from pikaci.model import (
@@ -49,6 +50,7 @@ JOB_STATUS_FILE = "status.json"
 HOST_LOG = "host.log"
 GUEST_LOG = "guest.log"
 RESULT_FILE = "result.json"
+_CONTENT_HASH = re.compile(r"^[0-9a-f]{64}$")
 _UPDATE_LOCK = ".lock"
 _ACTIVE_LOCK = ".active"
 
@@ -175,6 +177,12 @@ class StateRoot:
         return self.run_dir(run_id) / "jobs" / job_id
 
 
+def _checked_job_id(job_id: str) -> str:
+    if not is_safe_id(job_id):
+        raise StoreError(f"invalid job id {job_id!r}: expected {ID_RULE}")
+    return job_id
+
+
 def check_run_id(run_id: str) -> None:
     if not is_run_id(run_id):
         raise StoreError(f"invalid run id {run_id!r}: expected YYYYmmddTHHMMSSZ-<8 hex>")
@@ -207,12 +215,33 @@ class RunWriter:
 
     def write_job(self, job: JobRecord) -> RunRecord:
         """Write `jobs/<id>/status.json` and upsert the job into `run.json`."""
+        return self.commit([job])
+
+    def commit(
+        self,
+        jobs: Sequence[JobRecord],
+        change: Optional[Callable[[RunRecord], None]] = None,
+        written_jobs: Sequence[JobRecord] = (),
+    ) -> RunRecord:
+        """Write each job's `status.json`, then `run.json` once with the jobs and `change`.
+
+        `written_jobs` already have their `status.json` and are only upserted into `run.json`.
+        """
         with file_lock(self.run_dir / _UPDATE_LOCK):
-            write_json(self.run_dir / "jobs" / job.id / JOB_STATUS_FILE, job.to_dict())
+            for job in jobs:
+                self.write_job_file(job)
             run = self.read()
-            run.upsert_job(job)
+            for job in [*written_jobs, *jobs]:
+                run.upsert_job(job)
+            if change is not None:
+                change(run)
             write_json(self.run_path, run.to_dict())
             return run
+
+    def write_job_file(self, job: JobRecord) -> None:
+        """`jobs/<id>/status.json` alone; `run.json` must be brought along with `commit`."""
+        path = self.run_dir / "jobs" / _checked_job_id(job.id) / JOB_STATUS_FILE
+        write_json(path, job.to_dict())
 
     def read_job(self, job_id: str) -> JobRecord:
         path = self.run_dir / "jobs" / job_id / JOB_STATUS_FILE
@@ -221,6 +250,7 @@ class RunWriter:
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         """Held by the orchestrator for the run's lifetime; gc and list use it to spot live runs."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         with file_lock(self.run_dir / _ACTIVE_LOCK):
             yield
 
@@ -382,9 +412,8 @@ def _gc_snapshots(state: StateRoot) -> List[str]:
         return []
     removed = []
     for entry in entries:
-        if entry.name.startswith(".tmp-"):
-            continue  # a snapshot being published right now
-        if entry.path in referenced:
+        # only content-addressed snapshots; `.tmp-*` ones are being published right now
+        if not _CONTENT_HASH.match(entry.name) or entry.path in referenced:
             continue
         shutil.rmtree(entry.path, ignore_errors=True)
         removed.append(entry.name)

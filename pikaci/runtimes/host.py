@@ -44,6 +44,9 @@ class HostProcessRuntime:
             outcome = Outcome.failure(f"timed out after {lane.timeout_secs}s", exit_code=124)
         elif exit_code == 0:
             outcome = Outcome(RUN_PASSED, 0, "host-local command passed")
+        elif exit_code is not None and exit_code < 0:
+            name = signal.Signals(-exit_code).name
+            outcome = Outcome.failure(f"host-local command killed by {name}", 128 - exit_code)
         else:
             outcome = Outcome.failure(f"host-local command exited with {exit_code}", exit_code)
         ctx.host_log.note(f"{outcome.message} ({elapsed:.2f}s)")
