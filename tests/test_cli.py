@@ -13,8 +13,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def project_with_runs(make_project):
     project = make_project(
-        [LaneSpec("a", "echo alpha-out; echo guest-side > \"$ARTIFACTS/guest.log\""),
-         LaneSpec("b", "echo beta-out")]
+        [
+            LaneSpec("a", 'echo alpha-out; echo guest-side > "$ARTIFACTS/guest.log"'),
+            LaneSpec("b", "echo beta-out"),
+        ]
     )
     for _ in range(3):
         assert project.doit("forget", "--all").returncode == 0
@@ -31,8 +33,9 @@ def test_list_survives_a_corrupt_run(project_with_runs):
     assert listing.returncode == 0
     lines = listing.stdout.splitlines()
     assert [line.split("\t")[0] for line in lines] == [ids[2], ids[0]]  # newest first
-    run_id, status, target, created_at = lines[0].split("\t")
-    assert (status, target) == ("passed", "main")
+    listed_id, status, target, created_at = lines[0].split("\t")
+    assert (listed_id, status, target) == (ids[2], "passed", "main")
+    assert created_at == project.run_record(ids[2])["created_at"]
     warnings = listing.stderr.strip().splitlines()
     assert len(warnings) == 1 and corrupt in warnings[0]
 

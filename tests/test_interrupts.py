@@ -81,13 +81,13 @@ def test_signal_kills_lane_and_marks_run(make_project, tmp_path, signum, paralle
 
 def test_sigkill_never_leaves_a_torn_run_json(make_project):
     """Kill the orchestrator at random moments while it rewrites records; all stay parseable."""
-    lanes = [LaneSpec(f"l{i:02d}", "true") for i in range(12)]
+    lanes = [LaneSpec(f"l{i:02d}", "sleep 0.05") for i in range(12)]
     project = make_project(lanes)
     rng = random.Random(20261121)
     kills = 0
-    for attempt in range(25):
-        if attempt % 5 == 4:
-            project.doit("forget", "--all")  # keep executing lanes, not just reusing them
+    for attempt in range(16):
+        if attempt % 4 != 3:
+            project.doit("forget", "--all")  # mostly executing lanes; sometimes reusing them
         proc = subprocess.Popen(
             [*DOIT, "run", "target:main"],
             cwd=project.root,
@@ -95,7 +95,7 @@ def test_sigkill_never_leaves_a_torn_run_json(make_project):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(rng.uniform(0.15, 0.9))
+        time.sleep(rng.uniform(0.1, 0.8))
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1
@@ -104,7 +104,7 @@ def test_sigkill_never_leaves_a_torn_run_json(make_project):
             RunRecord.from_dict(orjson.loads(run_json.read_bytes()), str(run_json))
         for status in (project.state_root / "runs").glob("*/jobs/*/status.json"):
             orjson.loads(status.read_bytes())
-    assert kills >= 10, f"only {kills} runs were killed mid-flight; widen the delays"
+    assert kills >= 8, f"only {kills} runs were killed mid-flight; widen the delays"
     listing = project.pikaci("list")
     assert listing.returncode == 0
     assert "warning" not in listing.stderr

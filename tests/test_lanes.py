@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -289,3 +290,34 @@ def test_bad_catalog_is_one_line_error(make_project, lane_src, expected):
         assert result.returncode != 0
         assert expected in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_orchestrator_error_fails_the_job_and_closes_the_run(make_project):
+    project = make_project([LaneSpec("x", "true")])
+    blocker = project.state_root / "cache" / "host-local"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a directory")  # the lane's workspace cannot be materialized
+    result = project.doit("run", "lane:x")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stdout
+    record = project.latest_run()
+    assert record["status"] == "failed" and record["finished_at"]
+    (job,) = record["jobs"]  # type: ignore[misc]
+    assert job["status"] == "failed"
+    assert job["message"].startswith("execute failed: ")
+    host_log = Path(job["host_log_path"]).read_text()
+    assert "Traceback" in host_log  # the detail goes to the job's log, not the console
+
+
+def test_failed_snapshot_fails_its_lanes_before_execute(make_project):
+    project = make_project([LaneSpec("x", "true"), LaneSpec("y", "true")])
+    os.mkfifo(project.root / "src" / "pipe")  # special files cannot be snapshotted
+    result = project.doit("run", "target:main")
+    assert result.returncode != 0
+    assert "pipe" in result.stdout
+    record = project.latest_run()
+    assert record["status"] == "failed" and record["finished_at"]
+    for job in record["jobs"]:  # type: ignore[union-attr]
+        assert job["status"] == "failed"
+        assert job["message"].startswith("prepare node `snapshot-main` failed before execute: ")
+    assert record["prepare_timings"][0]["node_id"] == "snapshot-main"  # type: ignore[index]
