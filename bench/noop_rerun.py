@@ -29,7 +29,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import orjson
+from pikaci.store import write_json
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "noop_rerun.json"
@@ -279,21 +279,6 @@ def build_report(results: Sequence[LaneCountResult], repeat: int) -> Dict[str, o
     }
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def format_table(results: Sequence[LaneCountResult]) -> str:
     header = (
         f"{'lanes':>5} {'targets':>7} {'run med s':>10} {'run min s':>10} "
@@ -363,7 +348,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     report = build_report(results, repeat)
     output: Path = args.output
-    write_atomic(output, orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    write_json(output, report)
 
     print(
         f"no-op `doit run lane` vs `doit list --all` (python {platform.python_version()}, "

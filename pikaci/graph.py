@@ -14,6 +14,7 @@ its runtime torn down); the verdict is `lane:<id>`, which fails when the lane fa
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import traceback
 from pathlib import Path
@@ -29,7 +30,7 @@ from doit.task import Task
 from pikaci.catalog import Catalog, CatalogError, Lane, Target
 from pikaci.model import RUN_PASSED
 from pikaci.runtimes import runtime_for
-from pikaci.runtimes.base import JobContext, Outcome
+from pikaci.runtimes.base import Outcome
 from pikaci.session import LaneInputs, RunSession, Settings
 from pikaci.snapshot import (
     SNAPSHOT_METADATA_FILE,
@@ -264,7 +265,7 @@ class TaskBuilder:
 
     def _collect(self, target: Target, lane: Lane, execution: Dict[str, Any]) -> Any:
         def run() -> Dict[str, Any]:
-            ctx = self._context(target, lane, execution)
+            ctx = self.session.job_context(target, lane, execution)
             outcome = Outcome(
                 status=execution["status"],
                 exit_code=execution.get("exit_code"),
@@ -289,9 +290,6 @@ class TaskBuilder:
             "run_id": collected.get("run_id"),
         }
 
-    def _context(self, target: Target, lane: Lane, values: Dict[str, Any]) -> JobContext:
-        return self.session.job_context(target, lane, values)
-
     def _guarded(
         self, target: Target, lane: Lane, step: str, body: Callable[[], Dict[str, Any]]
     ) -> Any:
@@ -304,10 +302,9 @@ class TaskBuilder:
             self.session.job_failed(target, lane, f"interrupted by {reason}")
             raise
         except Exception as exc:
-            message = f"{step} failed: {type(exc).__name__}: {exc}"
-            detail = traceback.format_exc()
+            message = f"{step} failed: {type(exc).__name__}: {exc}".splitlines()[0]
             try:
-                self.session.job_failed(target, lane, message + "\n" + detail)
+                self.session.job_failed(target, lane, message, traceback.format_exc())
             except Exception:
                 pass  # the record could not be written; doit still reports the error
             return TaskError(message)
@@ -324,7 +321,7 @@ def _point_target_at(session: RunSession, target: Target, snapshot_dir: str) -> 
     """`cache/snapshots/by-target/<id>` names the target's current snapshot (for clean, people)."""
     link = session.state.snapshots_dir / "by-target" / target.id
     link.parent.mkdir(parents=True, exist_ok=True)
-    tmp = link.with_name(f".{target.id}.tmp")
+    tmp = link.with_name(f".{target.id}.{os.getpid()}.tmp")
     if tmp.is_symlink():
         tmp.unlink()
     tmp.symlink_to(snapshot_dir)

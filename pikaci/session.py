@@ -302,8 +302,14 @@ class RunSession:
         self._emit(job_event("job_finished", run.run_id, job))
         return job
 
-    def job_failed(self, target: Target, lane: Lane, message: str) -> None:
-        """An orchestrator error or an unmet dependency ended the job."""
+    def job_failed(
+        self, target: Target, lane: Lane, message: str, detail: Optional[str] = None
+    ) -> None:
+        """An orchestrator error or an unmet dependency ended the job.
+
+        `message` is the one-line reason the record carries; `detail` (a traceback) goes to
+        the job's host log only.
+        """
         run = self._require_run()
         with self._lock:
             if run.final is not None:
@@ -318,7 +324,10 @@ class RunSession:
                 planned.recorded = True
                 run.jobs[lane.id] = planned
                 self._emit(job_event("job_started", run.run_id, job))
-            HostLog(self._job_dir(run, lane) / HOST_LOG).note(message)
+            host_log = HostLog(self._job_dir(run, lane) / HOST_LOG)
+            host_log.note(message)
+            if detail:
+                host_log.write_raw(detail.encode("utf-8", "replace"))
             job.status, job.message, job.finished_at = RUN_FAILED, message, now_timestamp()
             run.failed_lanes.append(lane.id)
             self._commit(run, [job], lambda r: _mark_failed_early(r, job))

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from pikaci.session import ENV_OUTPUT, OUTPUT_MODES, Settings
-from pikaci.store import DEFAULT_STATE_DIR, ENV_STATE_ROOT
+from pikaci.store import resolve_state_root
 
 
 def settings_from_environment(
@@ -16,13 +16,12 @@ def settings_from_environment(
     output: Optional[str] = None,
     environ: Optional[Mapping[str, str]] = None,
 ) -> Settings:
-    """`--state-root` > `PIKACI_STATE_ROOT` > `<source root>/.pikaci`; output likewise."""
+    """`--state-root` > `PIKACI_STATE_ROOT` > `<source root>/.pikaci`; output likewise.
+
+    Relative state roots are taken from the source root, where doit and pikaci both run.
+    """
     env = os.environ if environ is None else environ
-    chosen = state_root_flag or env.get(ENV_STATE_ROOT, "").strip()
-    if chosen:
-        state_root = (Path.cwd() / Path(chosen).expanduser()).absolute()
-    else:
-        state_root = source_root / DEFAULT_STATE_DIR
+    state_root = resolve_state_root(state_root_flag, env, cwd=source_root)
     mode = output or env.get(ENV_OUTPUT, "").strip() or "human"
     if mode not in OUTPUT_MODES:
         source = "--output" if output else ENV_OUTPUT

@@ -10,7 +10,6 @@ import secrets
 import shutil
 import stat
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import (
     TYPE_CHECKING,
@@ -26,6 +25,9 @@ from typing import (
 )
 
 import orjson
+
+from pikaci.model import now_timestamp
+from pikaci.store import write_json
 
 if TYPE_CHECKING:
     from hashlib import _Hash
@@ -313,25 +315,7 @@ def read_metadata(snapshot_dir: Path) -> Optional[SnapshotMetadata]:
 
 
 def _write_metadata(snapshot_dir: Path, meta: SnapshotMetadata) -> None:
-    payload = orjson.dumps(meta.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
-    _write_atomic(snapshot_dir / SNAPSHOT_METADATA_FILE, payload)
-
-
-def _write_atomic(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(tmp, "xb") as out:
-            out.write(payload)
-            out.flush()
-            os.fsync(out.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    write_json(snapshot_dir / SNAPSHOT_METADATA_FILE, meta.to_dict())
 
 
 # --- create -------------------------------------------------------------------------
@@ -367,7 +351,7 @@ def create_snapshot(
             snapshot_dir=str(final),
             git_head=git.head if git is not None else None,
             git_dirty=git.dirty if git is not None else False,
-            created_at=_utc_now(),
+            created_at=now_timestamp(),
             content_hash=digest,
             filter=filt.key(),
         )

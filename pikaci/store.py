@@ -28,7 +28,6 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 from pikaci.ids import ID_RULE, is_safe_id
 from pikaci.model import (
-    RUN_RUNNING,
     JobLogsMetadata,
     JobRecord,
     PreparedOutputsRecord,
@@ -418,7 +417,3 @@ def _gc_snapshots(state: StateRoot) -> List[str]:
         shutil.rmtree(entry.path, ignore_errors=True)
         removed.append(entry.name)
     return sorted(removed)
-
-
-def is_running(run: RunRecord) -> bool:
-    return run.status == RUN_RUNNING

@@ -305,6 +305,7 @@ def test_orchestrator_error_fails_the_job_and_closes_the_run(make_project):
     (job,) = record["jobs"]  # type: ignore[misc]
     assert job["status"] == "failed"
     assert job["message"].startswith("execute failed: ")
+    assert "\n" not in job["message"]
     host_log = Path(job["host_log_path"]).read_text()
     assert "Traceback" in host_log  # the detail goes to the job's log, not the console
 

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import BinaryIO, List, Optional, TextIO
 
-from pikaci.model import RUN_RUNNING, RecordError, RunRecord, dumps_pretty
+from pikaci.model import RUN_RUNNING, RecordError, dumps_pretty
 from pikaci.store import (
     StateRoot,
     StoreError,
@@ -168,7 +168,3 @@ def gc_command(state: StateRoot, keep_runs: int, out: TextIO) -> int:
             out.write(f"{run_id}\n")
     out.write(f"removed_snapshots={len(report.removed_snapshots)}\n")
     return 0
-
-
-def describe_status(run: RunRecord) -> str:
-    return f"{run.run_id} {run.target_id or '-'} {run.status}"
