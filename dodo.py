@@ -1,40 +1,64 @@
 """This repository's own pikaci catalog. Declarations only; pikaci implements the rest.
 
-doit list --all            every task (lanes are `lane:<id>`, targets `target:<id>`)
-doit run lane:demo         the demo lane (also what plain `doit` runs)
-doit run target:pikaci     every lane of this repository
+    doit list --all            every task (lanes are `lane:<id>`, targets `target:<id>`)
+    doit run lane:demo         the demo lane (also what plain `doit` runs)
+    doit run target:pikaci     the repository's own checks
 """
 
 from __future__ import annotations
 
-from pikaci.catalog import PLACEMENT_LOCAL, RUNTIME_HOST_PROCESS, Catalog, Execution, Lane, Target
+from pikaci.catalog import (
+    PLACEMENT_LOCAL,
+    RUNTIME_BUBBLEWRAP,
+    RUNTIME_HOST_PROCESS,
+    Catalog,
+    Execution,
+    Installable,
+    Lane,
+    StagedPayloads,
+    Target,
+)
 from pikaci.graph import declare
 
 LOCAL_HOST = Execution(placement=PLACEMENT_LOCAL, runtime=RUNTIME_HOST_PROCESS)
+LOCAL_SANDBOX = Execution(placement=PLACEMENT_LOCAL, runtime=RUNTIME_BUBBLEWRAP)
 # the lint and test lanes use the interpreter that has the project's tools installed
 TOOLS_PYTHON = '"${PIKACI_TOOLS_PYTHON:-$PIKACI_SOURCE_ROOT/.venv/bin/python}"'
+SNAPSHOT_EXCLUDES = (
+    "/.venv*",
+    "__pycache__",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".ruff_cache",
+    "/bench/results",
+)
 
 CATALOG = Catalog(
     targets=[
         Target(
-            id="pikaci",
-            description="pikaci's own lanes",
-            snapshot_excludes=(
-                "/.venv*",
-                "__pycache__",
-                ".mypy_cache",
-                ".pytest_cache",
-                ".ruff_cache",
-                "/bench/results",
+            id="demo",
+            description="the demo: nix-built staged payloads run in the local sandbox",
+            snapshot_excludes=SNAPSHOT_EXCLUDES,
+            payloads=StagedPayloads(
+                id="demo",
+                deps=Installable("ci.x86_64-linux.demoWorkspaceDeps"),
+                build=Installable("ci.x86_64-linux.demoWorkspaceBuild"),
             ),
             lanes=[
                 Lane(
                     id="demo",
-                    description="byte-compile the package and summarise the snapshot",
-                    command="./scripts/demo-lane.sh",
-                    execution=LOCAL_HOST,
+                    description="check the snapshot against the payload built from it",
+                    command="/staged/linux-rust/workspace-build/bin/run-demo",
+                    execution=LOCAL_SANDBOX,
                     timeout_secs=300,
                 ),
+            ],
+        ),
+        Target(
+            id="pikaci",
+            description="pikaci's own checks",
+            snapshot_excludes=SNAPSHOT_EXCLUDES,
+            lanes=[
                 Lane(
                     id="lint",
                     description="ruff and mypy over the tree",
@@ -51,7 +75,7 @@ CATALOG = Catalog(
                     timeout_secs=900,
                 ),
             ],
-        )
+        ),
     ]
 )
 

@@ -20,28 +20,33 @@ PLACEMENT_REMOTE_SSH = "remote_ssh"
 PLACEMENTS = (PLACEMENT_LOCAL, PLACEMENT_REMOTE_SSH)
 
 RUNTIME_HOST_PROCESS = "host_process"
+RUNTIME_BUBBLEWRAP = "bubblewrap"
 RUNTIME_INCUS = "incus"
 RUNTIME_TART = "tart"
-RUNTIMES = (RUNTIME_HOST_PROCESS, RUNTIME_INCUS, RUNTIME_TART)
+RUNTIMES = (RUNTIME_HOST_PROCESS, RUNTIME_BUBBLEWRAP, RUNTIME_INCUS, RUNTIME_TART)
 
 # every placement x runtime pair and the executor label its job records carry
 LOCAL_HOST_PROCESS = (PLACEMENT_LOCAL, RUNTIME_HOST_PROCESS)
+LOCAL_BUBBLEWRAP = (PLACEMENT_LOCAL, RUNTIME_BUBBLEWRAP)
 REMOTE_SSH_INCUS = (PLACEMENT_REMOTE_SSH, RUNTIME_INCUS)
 LOCAL_TART = (PLACEMENT_LOCAL, RUNTIME_TART)
 REMOTE_SSH_HOST_PROCESS = (PLACEMENT_REMOTE_SSH, RUNTIME_HOST_PROCESS)
 LOCAL_INCUS = (PLACEMENT_LOCAL, RUNTIME_INCUS)
 REMOTE_SSH_TART = (PLACEMENT_REMOTE_SSH, RUNTIME_TART)
+REMOTE_SSH_BUBBLEWRAP = (PLACEMENT_REMOTE_SSH, RUNTIME_BUBBLEWRAP)
 EXECUTOR_LABELS: Dict[Tuple[str, str], str] = {
     LOCAL_HOST_PROCESS: "host_local",
+    LOCAL_BUBBLEWRAP: "local_sandbox",
     REMOTE_SSH_INCUS: "remote_linux_vm",
     LOCAL_TART: "tart_local",
     REMOTE_SSH_HOST_PROCESS: "remote_ssh_host_process",
     LOCAL_INCUS: "local_incus",
     REMOTE_SSH_TART: "remote_ssh_tart",
+    REMOTE_SSH_BUBBLEWRAP: "remote_ssh_sandbox",
 }
 
 # pairs this version can run; `pikaci.runtimes` dispatches exactly these
-SUPPORTED_EXECUTIONS: Tuple[Tuple[str, str], ...] = (LOCAL_HOST_PROCESS,)
+SUPPORTED_EXECUTIONS: Tuple[Tuple[str, str], ...] = (LOCAL_HOST_PROCESS, LOCAL_BUBBLEWRAP)
 
 DEFAULT_TIMEOUT_SECS = 1800
 
@@ -72,6 +77,10 @@ class Lane:
     timeout_secs: int = DEFAULT_TIMEOUT_SECS
     description: str = ""
     env: Mapping[str, str] = field(default_factory=dict)
+    # guest runtimes: run the command as root instead of the unprivileged guest user
+    run_as_root: bool = False
+    # sandboxed runtimes: keep the host network (off by default)
+    network: bool = False
 
     def spec(self) -> Dict[str, Any]:
         """Everything about the lane that changes what it runs: part of its identity."""
@@ -82,7 +91,30 @@ class Lane:
             "runtime": self.execution.runtime,
             "timeout_secs": self.timeout_secs,
             "env": dict(sorted(self.env.items())),
+            "run_as_root": self.run_as_root,
+            "network": self.network,
         }
+
+
+@dataclass(frozen=True)
+class Installable:
+    """A nix attribute built from the target's snapshot: of its flake, or of a classic file."""
+
+    attr: str
+    file: Optional[str] = None  # relative to the snapshot root; None = the snapshot's flake.nix
+
+
+@dataclass(frozen=True)
+class StagedPayloads:
+    """The two staged payloads lanes of a target get mounted read-only in their guest.
+
+    Targets naming the same `id` share the builds (`build:<id>:deps`, `build:<id>:build`), so
+    they must declare the same installables and the same snapshot filter.
+    """
+
+    id: str
+    deps: Installable
+    build: Installable
 
 
 @dataclass(frozen=True)
@@ -92,6 +124,7 @@ class Target:
     description: str = ""
     # extra copy-filter entries: a bare name is excluded at any depth, "/path" from the root
     snapshot_excludes: Sequence[str] = ()
+    payloads: Optional[StagedPayloads] = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +148,7 @@ class Catalog:
             raise CatalogError("catalog: `targets` must be a non-empty list of Target")
         target_ids: List[str] = []
         lane_ids: Dict[str, str] = {}
+        payloads: Dict[str, Target] = {}
         for index, target in enumerate(self.targets):
             where = f"catalog: targets[{index}]"
             if not isinstance(target, Target):
@@ -126,6 +160,7 @@ class Catalog:
             target_ids.append(target.id)
             _check_str(target.description, f"{where}: field `description`")
             _check_excludes(target.snapshot_excludes, where)
+            _check_payloads(target, where, payloads)
             if not isinstance(target.lanes, (list, tuple)) or not target.lanes:
                 raise CatalogError(f"{where}: `lanes` must be a non-empty list of Lane")
             for lane_index, lane in enumerate(target.lanes):
@@ -175,11 +210,51 @@ def _validate_lane(lane: Lane, target_where: str, index: int) -> None:
             f"{where}: unknown runtime {execution.runtime!r} "
             f"(expected one of {', '.join(RUNTIMES)})"
         )
+    for flag in ("run_as_root", "network"):
+        if not isinstance(getattr(lane, flag), bool):
+            raise CatalogError(f"{where}: field `{flag}` must be true or false")
     if execution.pair not in SUPPORTED_EXECUTIONS:
         supported = ", ".join(f"{p} + {r}" for p, r in SUPPORTED_EXECUTIONS)
         raise CatalogError(
             f"{where}: placement `{execution.placement}` with runtime `{execution.runtime}` "
             f"is not supported (supported: {supported})"
+        )
+
+
+def _check_payloads(target: Target, where: str, seen: Dict[str, Target]) -> None:
+    staged = target.payloads
+    if staged is None:
+        return
+    if not isinstance(staged, StagedPayloads):
+        raise CatalogError(f"{where}: field `payloads` must be a StagedPayloads")
+    _check_id(staged.id, f"{where}: field `payloads.id`")
+    for role in ("deps", "build"):
+        ref = getattr(staged, role)
+        label = f"{where}: field `payloads.{role}`"
+        if not isinstance(ref, Installable):
+            raise CatalogError(f"{label} must be an Installable(attr=..., file=None)")
+        if (
+            not isinstance(ref.attr, str)
+            or not ref.attr.strip()
+            or any(c in ref.attr for c in "# ")
+        ):
+            raise CatalogError(f"{label}: invalid attribute {ref.attr!r}")
+        if ref.file is not None and (
+            not isinstance(ref.file, str)
+            or not ref.file
+            or ref.file.startswith("/")
+            or ".." in ref.file.split("/")
+        ):
+            raise CatalogError(
+                f"{label}: file must be a path inside the snapshot, got {ref.file!r}"
+            )
+    other = seen.setdefault(staged.id, target)
+    if other is not target and (
+        other.payloads != staged or list(other.snapshot_excludes) != list(target.snapshot_excludes)
+    ):
+        raise CatalogError(
+            f"{where}: shares payloads `{staged.id}` with target `{other.id}` but declares "
+            "different installables or snapshot excludes (a shared build needs one snapshot)"
         )
 
 

@@ -18,7 +18,7 @@ import os
 import shutil
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import orjson
 from doit.cmd_base import TaskLoader2
@@ -27,8 +27,11 @@ from doit.exceptions import InvalidTask, TaskError, TaskFailed
 from doit.loader import generate_tasks
 from doit.task import Task
 
+from pikaci import nix
 from pikaci.catalog import Catalog, CatalogError, Lane, Target
-from pikaci.model import RUN_PASSED
+from pikaci.model import RUN_PASSED, RunRecord
+from pikaci.nodes import PAYLOAD_ROLES, build_node, build_task
+from pikaci.payload import ManifestError, mount_sources, read_manifest
 from pikaci.runtimes import runtime_for
 from pikaci.runtimes.base import Outcome
 from pikaci.session import LaneInputs, RunSession, Settings
@@ -36,6 +39,7 @@ from pikaci.snapshot import (
     SNAPSHOT_METADATA_FILE,
     SnapshotError,
     SnapshotFilter,
+    SnapshotMetadata,
     create_snapshot,
     read_metadata,
     source_fingerprint,
@@ -57,11 +61,19 @@ def snapshot_filter(target: Target, settings: Settings) -> SnapshotFilter:
     return SnapshotFilter(extra_excludes=tuple(excludes))
 
 
-def lane_identity(lane: Lane, target: Target, content_hash: str) -> str:
+def snapshot_identity(values: Dict[str, Any]) -> str:
+    """The snapshot as a lane sees it: content and executable bits (`tree_id`)."""
+    return str(values.get("tree_id") or values.get("content_hash") or "")
+
+
+def lane_identity(
+    lane: Lane, target: Target, snapshot_id: str, payload_paths: Sequence[str] = ()
+) -> str:
     payload = {
         "version": IDENTITY_VERSION,
         "target": target.id,
-        "content_hash": content_hash,
+        "snapshot": snapshot_id,
+        "payloads": list(payload_paths),
         "lane": lane.spec(),
     }
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
@@ -91,9 +103,14 @@ class SnapshotUnchanged(UptodateCalculator):  # type: ignore[misc]
         if settings.rerun is not None:
             return False  # a rerun pins the old snapshot; its action just reads it back
         git = self.session.git()
-        self.fingerprint = source_fingerprint(
-            settings.source_root, snapshot_filter(self.target, settings), git
-        )
+        try:
+            self.fingerprint = source_fingerprint(
+                settings.source_root, snapshot_filter(self.target, settings), git
+            )
+        except (SnapshotError, OSError, ValueError):
+            # not up to date; the snapshot action meets the same problem and reports it
+            self.fingerprint = None
+            return False
         extra = {
             "source_fingerprint": self.fingerprint,
             "git_head": git.head if git else None,
@@ -122,8 +139,10 @@ class LaneUnchanged(UptodateCalculator):  # type: ignore[misc]
     def __call__(self, task: Task, values: Dict[str, Any]) -> bool:
         snapshot = self._values(f"snapshot:{self.target.id}")
         verdict = self._values(f"lane:{self.lane.id}")
+        payloads = [self._values(name) for name in payload_tasks(self.target)]
         content_hash = str(snapshot.get("content_hash", ""))
-        identity = lane_identity(self.lane, self.target, content_hash)
+        paths = [str(values.get("store_path", "")) for values in payloads]
+        identity = lane_identity(self.lane, self.target, snapshot_identity(snapshot), paths)
         passed_before = verdict.get("status") == RUN_PASSED and bool(values)
         self.session.note_inputs(
             self.lane.id,
@@ -134,6 +153,7 @@ class LaneUnchanged(UptodateCalculator):  # type: ignore[misc]
                 last_passed_run=verdict.get("run_id") if passed_before else None,
                 git_head=snapshot.get("git_head"),
                 git_dirty=snapshot.get("git_dirty"),
+                payloads=[values for values in payloads if values],
             ),
         )
         if self.session.settings.rerun is not None:
@@ -141,6 +161,10 @@ class LaneUnchanged(UptodateCalculator):  # type: ignore[misc]
             return False
         if not passed_before:
             self.reason = "no recorded pass (new, failed last time, or forgotten)"
+            return False
+        evidence = self.session.state.runs_dir / str(verdict.get("run_id"))
+        if not (evidence / "run.json").is_file():
+            self.reason = f"the run that passed ({verdict.get('run_id')}) is gone (gc)"
             return False
         if verdict.get("identity") != identity:
             self.reason = f"inputs changed: identity {identity[:12]} != {verdict.get('identity')}"
@@ -156,6 +180,59 @@ class LaneUnchanged(UptodateCalculator):  # type: ignore[misc]
         return f"lane_inputs_unchanged({self.lane.id}: {self.reason})"
 
 
+class BuildUnchanged(UptodateCalculator):  # type: ignore[misc]
+    """Up to date, without running nix, when the build's inputs are the ones that produced the
+    recorded output and that store path is still on disk (store paths are immutable; a
+    garbage-collected one is gone)."""
+
+    def __init__(self, target: Target, role: str) -> None:
+        super().__init__()
+        self.target = target
+        self.role = role
+        self.reason = "not evaluated"
+
+    def __call__(self, task: Task, values: Dict[str, Any]) -> bool:
+        inputs = build_inputs(self.target, self.role, self.get_val)
+        task.value_savers.append(lambda: {"inputs": inputs})  # saved when the build runs
+        store_path = values.get("store_path")
+        if values.get("inputs") != inputs:
+            self.reason = "inputs changed" if values else "never built"
+            return False
+        if not isinstance(store_path, str) or not Path(store_path).exists():
+            self.reason = f"recorded output {store_path} is gone"
+            return False
+        self.reason = f"built {store_path} from the same inputs"
+        return True
+
+    def __repr__(self) -> str:
+        payload_id = self.target.payloads.id if self.target.payloads else "?"
+        return f"payload_inputs_unchanged({payload_id}:{self.role}: {self.reason})"
+
+
+def payload_tasks(target: Target) -> List[str]:
+    if target.payloads is None:
+        return []
+    return [build_task(target.payloads.id, role) for role in PAYLOAD_ROLES]
+
+
+def build_inputs(target: Target, role: str, get_val: Callable[[str, str], Any]) -> str:
+    """Digest of what a payload build depends on: the snapshot (nix files and lock files live
+    in it), the installable, and for the build payload the deps output it builds on."""
+    assert target.payloads is not None
+    ref = getattr(target.payloads, role)
+    snapshot = get_val(f"snapshot:{target.id}", "_values_:") or {}
+    parts: Dict[str, Any] = {
+        "version": IDENTITY_VERSION,
+        "snapshot": snapshot_identity(snapshot),
+        "attr": ref.attr,
+        "file": ref.file,
+    }
+    if role == "build":
+        deps = get_val(build_task(target.payloads.id, "deps"), "_values_:") or {}
+        parts["deps"] = deps.get("store_path")
+    return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
 # -- actions ----------------------------------------------------------------------------------
 
 
@@ -165,8 +242,12 @@ class TaskBuilder:
         self.session = session
 
     def tasks(self) -> Iterator[TaskDict]:
+        built: List[str] = []
         for target in self.catalog.targets:
             yield self._snapshot_task(target)
+            if target.payloads is not None and target.payloads.id not in built:
+                built.append(target.payloads.id)  # shared payloads: one pair of build tasks
+                yield from self._build_tasks(target)
             for lane in target.lanes:
                 yield from self._lane_tasks(target, lane)
             yield {
@@ -187,14 +268,35 @@ class TaskBuilder:
             "clean": [(self._clean_snapshot, [target])],
         }
 
+    def _build_tasks(self, target: Target) -> Iterator[TaskDict]:
+        assert target.payloads is not None
+        snapshot_task = f"snapshot:{target.id}"
+        for role in PAYLOAD_ROLES:
+            name = build_task(target.payloads.id, role)
+            deps = [snapshot_task]
+            if role == "build":
+                deps.append(build_task(target.payloads.id, "deps"))
+            yield {
+                "basename": "build",
+                "name": name.split(":", 1)[1],
+                "doc": f"nix build of the staged workspace-{role} payload `{target.payloads.id}`",
+                "task_dep": deps,
+                "getargs": {"snapshot": (snapshot_task, None)},
+                "uptodate": [BuildUnchanged(target, role)],
+                "actions": [(self._build, [target, role])],
+            }
+
     def _lane_tasks(self, target: Target, lane: Lane) -> Iterator[TaskDict]:
         snapshot_task = f"snapshot:{target.id}"
+        getargs: Dict[str, Tuple[str, None]] = {"snapshot": (snapshot_task, None)}
+        for role, name in zip(PAYLOAD_ROLES, payload_tasks(target)):
+            getargs[f"payload_{role}"] = (name, None)
         yield {
             "basename": "execute",
             "name": lane.id,
             "doc": f"run the command of lane {lane.id}",
-            "task_dep": [snapshot_task],
-            "getargs": {"snapshot": (snapshot_task, None)},
+            "task_dep": [snapshot_task, *payload_tasks(target)],
+            "getargs": getargs,
             "uptodate": [LaneUnchanged(self.session, target, lane)],
             "actions": [(self._execute, [target, lane])],
             "clean": [(self._clean_workspace, [lane])],
@@ -219,7 +321,7 @@ class TaskBuilder:
     def _snapshot(self, target: Target) -> Any:
         settings = self.session.settings
         if settings.rerun is not None:
-            return self._pinned_snapshot(settings.rerun.snapshot_dir)
+            return self._pinned_snapshot(rerun_snapshot(settings.rerun, target))
         try:
             metadata = create_snapshot(
                 settings.source_root,
@@ -234,7 +336,7 @@ class TaskBuilder:
             f"[pikaci] snapshot {target.id}: {metadata.content_hash[:12]} "
             f"at {metadata.snapshot_dir}"
         )
-        return {"content_hash": metadata.content_hash, "snapshot_dir": metadata.snapshot_dir}
+        return snapshot_values(metadata)
 
     def _pinned_snapshot(self, snapshot_dir: str) -> Any:
         metadata = read_metadata(Path(snapshot_dir)) if snapshot_dir else None
@@ -242,11 +344,43 @@ class TaskBuilder:
             return TaskError(
                 f"cannot rerun: snapshot {snapshot_dir or '(none recorded)'} no longer exists"
             )
-        return {"content_hash": metadata.content_hash, "snapshot_dir": metadata.snapshot_dir}
+        return snapshot_values(metadata)
 
-    def _execute(self, target: Target, lane: Lane, snapshot: Dict[str, Any]) -> Any:
+    def _build(self, target: Target, role: str, snapshot: Dict[str, Any]) -> Any:
+        assert target.payloads is not None
+        payload_id = target.payloads.id
+        task_name = build_task(payload_id, role)
+        ref = getattr(target.payloads, role)
+        source = Path(snapshot["snapshot_dir"])
+        log = self.session.payload_log(payload_id, task_name)
+        try:
+            paths = nix.build(nix.BuildRef(ref.attr, ref.file), source, log)
+            store_path = paths[0]
+            label = f"{task_name} ({store_path})"
+            manifest = read_manifest(Path(store_path), label)
+            mount_sources(Path(store_path), manifest, label)  # every mount must resolve
+        except (nix.NixError, ManifestError) as exc:
+            log(f"failed: {exc}")
+            return TaskError(f"{task_name} (target {target.id}): {exc}")
+        log(f"staged output ready: {ref.attr} -> {store_path}")
+        return {
+            "role": role,
+            "node_id": build_node(payload_id, role),
+            "installable": nix.BuildRef(ref.attr, ref.file).describe(source),
+            "output_name": ref.attr,
+            "store_path": store_path,
+            "manifest": manifest.to_dict(),
+        }
+
+    def _execute(
+        self, target: Target, lane: Lane, snapshot: Dict[str, Any], **payloads: Any
+    ) -> Any:
+        def role_given(role: str) -> bool:
+            return bool(payloads.get(f"payload_{role}"))
+
         def run() -> Dict[str, Any]:
-            ctx = self.session.job_context(target, lane, snapshot)
+            outputs = [payloads[f"payload_{role}"] for role in PAYLOAD_ROLES if role_given(role)]
+            ctx = self.session.job_context(target, lane, snapshot, outputs)
             self.session.job_started(ctx)
             outcome = runtime_for(lane.execution).execute(ctx)
             self.session.job_outcome(lane, outcome)
@@ -264,6 +398,9 @@ class TaskBuilder:
         return self._guarded(target, lane, "execute", run)
 
     def _collect(self, target: Target, lane: Lane, execution: Dict[str, Any]) -> Any:
+        if not self._executed_here(execution):
+            return dict(execution)  # collected by the run that executed it
+
         def run() -> Dict[str, Any]:
             ctx = self.session.job_context(target, lane, execution)
             outcome = Outcome(
@@ -276,6 +413,10 @@ class TaskBuilder:
             return {**execution, "status": job.status, "message": job.message}
 
         return self._guarded(target, lane, "collect", run)
+
+    def _executed_here(self, values: Dict[str, Any]) -> bool:
+        run = self.session.run
+        return run is not None and values.get("run_id") == run.run_id
 
     def _verdict(self, lane: Lane, collected: Dict[str, Any]) -> Any:
         if collected.get("status") != RUN_PASSED:
@@ -315,6 +456,23 @@ class TaskBuilder:
 
     def _clean_workspace(self, lane: Lane) -> None:
         shutil.rmtree(self.session.state.host_local_dir(lane.id), ignore_errors=True)
+
+
+def rerun_snapshot(old: RunRecord, target: Target) -> str:
+    """The snapshot the old run used for `target` (runs spanning targets record one per job)."""
+    for job in old.jobs:
+        if job.target_id == target.id and job.snapshot_dir:
+            return job.snapshot_dir
+    return old.snapshot_dir
+
+
+def snapshot_values(metadata: SnapshotMetadata) -> Dict[str, Any]:
+    """The snapshot task's result: what lanes and builds depend on, nothing circumstantial."""
+    return {
+        "content_hash": metadata.content_hash,
+        "tree_id": metadata.identity,
+        "snapshot_dir": metadata.snapshot_dir,
+    }
 
 
 def _point_target_at(session: RunSession, target: Target, snapshot_dir: str) -> None:

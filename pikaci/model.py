@@ -267,6 +267,8 @@ class JobRecord(Record):
     reused_from_run: Optional[str] = None
     identity: Optional[str] = None
     artifacts_dir: Optional[str] = None
+    snapshot_dir: Optional[str] = None  # runs spanning targets have one snapshot per target
+    content_hash: Optional[str] = None
 
     @classmethod
     def _field_decoders(cls) -> Dict[str, Decoder]:

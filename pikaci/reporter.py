@@ -8,7 +8,7 @@ closes the run when doit completes, also after an error or an interrupt.
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Set, Tuple
 
 from doit.exceptions import InvalidTask
 from doit.reporter import ConsoleReporter
@@ -16,6 +16,7 @@ from doit.task import Task
 
 from pikaci.catalog import Lane, Target
 from pikaci.model import now_timestamp
+from pikaci.nodes import node_of_task
 from pikaci.session import RunSession
 
 
@@ -81,23 +82,32 @@ class PikaciReporter(ConsoleReporter):  # type: ignore[misc]
 
     def execute_task(self, task: Task) -> None:
         super().execute_task(task)
-        if task.name.startswith("snapshot:"):
+        if node_of_task(task.name) is not None:
             self._started[task.name] = now_timestamp()
 
     def add_success(self, task: Task) -> None:
         super().add_success(task)
-        self._prepare_done(task, None)
+        started = self._started.pop(task.name, None)
+        node = node_of_task(task.name)
+        if started is not None and node is not None:
+            self.session.prepare_finished(node, started, now_timestamp(), None)
 
     def add_failure(self, task: Task, fail: Any) -> None:
         super().add_failure(task, fail)
         message = _first_line(fail)
-        self._prepare_done(task, message)
+        node = node_of_task(task.name)
+        if node is not None:
+            # also when it failed before running (an error in its up-to-date check)
+            started = self._started.pop(task.name, None) or now_timestamp()
+            self.session.prepare_finished(node, started, now_timestamp(), message)
         kind, ident = _split(task.name)
         if kind in ("execute", "collect", "lane") and not task.executed:
             found = self.session.catalog.lane(ident)
             if found is not None and self.session.run is not None:
                 target, lane = found
-                self.session.job_failed(target, lane, f"not run: {message}")
+                self.session.job_failed(
+                    target, lane, self.session.unmet_reason(target) or f"not run: {message}"
+                )
 
     def skip_uptodate(self, task: Task) -> None:
         kind, ident = _split(task.name)
@@ -108,13 +118,6 @@ class PikaciReporter(ConsoleReporter):  # type: ignore[misc]
         previous = self.session.job_reused(*found) if found else None
         note = f"  (reused: passed in run {previous})" if previous else ""
         self.write(f"-- {task.title()}{note}\n")
-
-    def _prepare_done(self, task: Task, error: Optional[str]) -> None:
-        started = self._started.pop(task.name, None)
-        if started is None:
-            return
-        _, target_id = _split(task.name)
-        self.session.prepare_finished(target_id, started, now_timestamp(), error)
 
 
 def _first_line(fail: Any) -> str:

@@ -26,6 +26,7 @@ from pikaci.model import (
     RUN_PASSED,
     RUN_RUNNING,
     RUN_SKIPPED,
+    Exposure,
     JobRecord,
     PlanNode,
     PreparedOutputsRecord,
@@ -41,7 +42,8 @@ from pikaci.model import (
     run_finished_event,
     run_started_event,
 )
-from pikaci.runtimes.base import HostLog, JobContext, Outcome
+from pikaci.nodes import PAYLOAD_ROLES, build_node, execute_node, prepare_nodes, snapshot_node
+from pikaci.runtimes.base import HostLog, JobContext, Outcome, StagedOutput
 from pikaci.runtimes.host import kill_process_group
 from pikaci.store import (
     GUEST_LOG,
@@ -83,13 +85,16 @@ class LaneInputs:
     last_passed_run: Optional[str]
     git_head: Optional[str] = None
     git_dirty: Optional[bool] = None
+    payloads: List[Dict[str, Any]] = field(default_factory=list)  # build tasks' saved values
 
 
 @dataclass
 class _PlannedJob:
     target: Target
     lane: Lane
-    recorded: bool = False
+    # the job's latest record as this process wrote it (None until the job starts); the
+    # single source of truth for transitions, so nothing re-reads status.json
+    record: Optional[JobRecord] = None
 
 
 @dataclass
@@ -98,11 +103,12 @@ class _RunState:
     writer: RunWriter
     jobs: Dict[str, _PlannedJob]
     active: contextlib.ExitStack
-    prepare_ms: Dict[str, int] = field(default_factory=dict)  # target id -> snapshot time
-    failed_prepares: Dict[str, str] = field(default_factory=dict)  # target id -> message
+    prepare_ms: Dict[str, int] = field(default_factory=dict)  # node id -> duration
+    failed_prepares: Dict[str, str] = field(default_factory=dict)  # node id -> message
     failed_lanes: List[str] = field(default_factory=list)
     process_groups: Dict[str, int] = field(default_factory=dict)
     interrupted: Optional[str] = None
+    finishing: bool = False
     final: Optional[RunRecord] = None
     snapshot_adopted: bool = False
     # reused jobs and run changes not yet written: folded into the next run.json write
@@ -220,17 +226,16 @@ class RunSession:
             run = self.run
             if run is None or run.final is not None:
                 return run.final if run else None
-            closing = [
-                self._record_unstarted(run, planned)
-                for planned in run.jobs.values()
-                if not planned.recorded
-            ]
-            # jobs whose collect step never ran (`doit run execute:<lane>`, an interrupt)
-            closing += [
-                _settle(job, run.interrupted)
-                for job in run.writer.read().jobs
-                if job.status == RUN_RUNNING
-            ]
+            run.finishing = True  # from here on a signal is recorded, not raised
+            closing = []
+            for planned in run.jobs.values():
+                if planned.record is None:
+                    planned.record = self._record_unstarted(run, planned)
+                    closing.append(planned.record)
+                elif planned.record.status == RUN_RUNNING:
+                    # its collect step never ran (`doit run execute:<lane>`, an interrupt)
+                    planned.record = _settle(planned.record, run.interrupted)
+                    closing.append(planned.record)
             order = {lane_id: index for index, lane_id in enumerate(run.jobs)}
             record = self._commit(run, closing, lambda r: _finalize(r, run.interrupted, order))
             run.final = record
@@ -239,13 +244,21 @@ class RunSession:
                 self._pool.shutdown(wait=True)
                 self._pool = None
             self._restore_signal_handlers()
+        for job in closing:
+            self._emit(job_event("job_finished", run.run_id, job))
         self._emit(run_finished_event(record))
         self._print_summary(record)
         return record
 
     # -- jobs ------------------------------------------------------------------------------
 
-    def job_context(self, target: Target, lane: Lane, snapshot: Dict[str, Any]) -> JobContext:
+    def job_context(
+        self,
+        target: Target,
+        lane: Lane,
+        snapshot: Dict[str, Any],
+        payloads: Sequence[Dict[str, Any]] = (),
+    ) -> JobContext:
         run = self._require_run()
         return JobContext(
             run_id=run.run_id,
@@ -255,23 +268,48 @@ class RunSession:
             source_root=self.settings.source_root,
             snapshot_dir=Path(snapshot["snapshot_dir"]),
             content_hash=str(snapshot["content_hash"]),
+            snapshot_id=str(snapshot.get("tree_id") or snapshot["content_hash"]),
             job_dir=self.state.job_dir(run.run_id, lane.id),
             console=self.console,
             track_process=lambda pgid: self._track(lane.id, pgid),
+            payloads=[StagedOutput.from_values(values) for values in payloads],
         )
+
+    def payload_log(self, payload_id: str, label: str) -> Callable[[str], None]:
+        """A line sink into the host log of every planned job consuming `payload_id`."""
+        run = self.run
+        logs = []
+        if run is not None:
+            logs = [
+                HostLog(self._job_dir(run, planned.lane) / HOST_LOG)
+                for planned in run.jobs.values()
+                if planned.target.payloads is not None and planned.target.payloads.id == payload_id
+            ]
+
+        def write(line: str) -> None:
+            for log in logs:
+                log.note(f"{label}: {line}")
+            self.console(f"[{label}] {line}")
+
+        return write
 
     def job_started(self, ctx: JobContext) -> None:
         run = self._require_run()
         inputs = self.inputs.get(ctx.lane.id)
         job = self._new_job(run, ctx.target, ctx.lane)
         job.identity = inputs.identity if inputs else None
-        job.pre_execution_prepare_duration_ms = run.prepare_ms.get(ctx.target.id) or None
+        job.snapshot_dir, job.content_hash = str(ctx.snapshot_dir), ctx.content_hash
+        job.pre_execution_prepare_duration_ms = (
+            sum(run.prepare_ms.get(node, 0) for node in prepare_nodes(ctx.target)) or None
+        )
+        if ctx.payloads:
+            self._record_outputs(run, ctx.target, ctx.lane, ctx.payloads, exposed=True)
         ctx.host_log.note(
             f"job `{ctx.lane.id}` started in run {run.run_id} "
             f"(snapshot {ctx.content_hash[:12]}, timeout {ctx.lane.timeout_secs}s)"
         )
         with self._lock:
-            run.jobs[ctx.lane.id].recorded = True
+            self._planned(run, ctx.target, ctx.lane).record = job
             self._commit(run, [job])
         self._emit(job_event("job_started", run.run_id, job))
 
@@ -279,8 +317,8 @@ class RunSession:
         """The command finished; the verdict waits for its artifacts to be collected."""
         run = self._require_run()
         with self._lock:
-            job = run.writer.read_job(lane.id)
-            if run.final is not None or job.status != RUN_RUNNING:
+            job = self._running(run, lane)
+            if job is None:
                 return  # an interrupt already settled the job
             job.exit_code, job.message = outcome.exit_code, outcome.message
             self._commit(run, [job])
@@ -288,9 +326,11 @@ class RunSession:
     def job_finished(self, lane: Lane, outcome: Outcome) -> JobRecord:
         run = self._require_run()
         with self._lock:
-            job = run.writer.read_job(lane.id)
-            if run.final is not None or job.status != RUN_RUNNING:
-                return job  # an interrupt already settled it
+            job = self._running(run, lane)
+            if job is None:
+                settled = run.jobs[lane.id].record
+                assert settled is not None
+                return settled  # an interrupt already settled it
             job.status = outcome.status
             job.exit_code, job.message = outcome.exit_code, outcome.message
             if run.interrupted and outcome.status == RUN_FAILED:
@@ -314,16 +354,14 @@ class RunSession:
         with self._lock:
             if run.final is not None:
                 return
-            planned = run.jobs.get(lane.id) or _PlannedJob(target, lane)
-            if planned.recorded:
-                job = run.writer.read_job(lane.id)
-                if job.status != RUN_RUNNING:
-                    return
-            else:
-                job = self._new_job(run, target, lane)
-                planned.recorded = True
-                run.jobs[lane.id] = planned
+            planned = self._planned(run, target, lane)
+            if planned.record is None:
+                planned.record = job = self._new_job(run, target, lane)
                 self._emit(job_event("job_started", run.run_id, job))
+            elif planned.record.status == RUN_RUNNING:
+                job = planned.record
+            else:
+                return
             host_log = HostLog(self._job_dir(run, lane) / HOST_LOG)
             host_log.note(message)
             if detail:
@@ -347,13 +385,18 @@ class RunSession:
         job.finished_at = job.started_at
         job.exit_code = 0
         job.identity = inputs.identity if inputs else None
+        if inputs is not None:
+            job.snapshot_dir, job.content_hash = inputs.snapshot_dir, inputs.content_hash
         job.reused_from_run = previous
         job.message = f"reused: passed in run {previous} with the same inputs"
+        if inputs and inputs.payloads:
+            outputs = [StagedOutput.from_values(values) for values in inputs.payloads]
+            self._record_outputs(run, target, lane, outputs, exposed=False)
         with self._lock:
             # the job's status.json is written in the background while doit checks the other
             # lanes, and run.json takes the job with its next write: a no-op rerun of many
             # lanes costs one run.json rewrite instead of one per lane
-            run.jobs[lane.id].recorded = True
+            run.jobs[lane.id].record = job
             run.pending.append(job)
             run.background.append(self._writer().submit(run.writer.write_job_file, job))
         self._emit(job_event("job_started", run.run_id, job))
@@ -361,12 +404,11 @@ class RunSession:
         return previous
 
     def prepare_finished(
-        self, target_id: str, started_at: str, finished_at: str, error: Optional[str]
+        self, node_id: str, started_at: str, finished_at: str, error: Optional[str]
     ) -> None:
         run = self.run
         if run is None:
             return
-        node_id = f"snapshot-{target_id}"
         timing = PrepareTiming(
             node_id=node_id,
             started_at=started_at,
@@ -374,9 +416,9 @@ class RunSession:
             duration_ms=duration_ms(started_at, finished_at),
         )
         with self._lock:
-            run.prepare_ms[target_id] = timing.duration_ms or 0
+            run.prepare_ms[node_id] = timing.duration_ms or 0
             if error is not None:
-                run.failed_prepares[target_id] = error
+                run.failed_prepares[node_id] = error
             self._commit(run, [], lambda r: r.prepare_timings.append(timing))
 
     # -- interruption ----------------------------------------------------------------------
@@ -408,11 +450,13 @@ class RunSession:
         name = _SIGNAL_NAMES.get(signum, f"signal {signum}")
         if run is None or run.interrupted:
             os._exit(128 + signum)  # second signal: stop now
-        run.interrupted = name
-        self.console(f"pikaci: {name} received; stopping lanes and marking run {run.run_id}")
         for pgid in list(run.process_groups.values()):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGTERM)
+        if run.finishing:
+            return  # the run is being closed: interrupting that would lose the final write
+        run.interrupted = name
+        self.console(f"pikaci: {name} received; stopping lanes and marking run {run.run_id}")
         # unwinds doit's loop; the reporter's complete_run then finishes the run record
         raise KeyboardInterrupt(name)
 
@@ -429,6 +473,26 @@ class RunSession:
         os._exit(code)
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def unmet_reason(self, target: Target) -> Optional[str]:
+        """Why lanes of `target` cannot execute: the first of its prepare nodes that failed."""
+        run = self.run
+        if run is None:
+            return None
+        for node in prepare_nodes(target):
+            if node in run.failed_prepares:
+                return f"prepare node `{node}` failed before execute: {run.failed_prepares[node]}"
+        return None
+
+    def _planned(self, run: _RunState, target: Target, lane: Lane) -> _PlannedJob:
+        return run.jobs.setdefault(lane.id, _PlannedJob(target, lane))
+
+    def _running(self, run: _RunState, lane: Lane) -> Optional[JobRecord]:
+        """The job's record while it may still change; None once the run or job is settled."""
+        planned = run.jobs.get(lane.id)
+        if run.final is not None or planned is None or planned.record is None:
+            return None
+        return planned.record if planned.record.status == RUN_RUNNING else None
 
     def _require_run(self) -> _RunState:
         if self.run is None:
@@ -465,30 +529,61 @@ class RunSession:
             artifacts_dir=str(job_dir / "artifacts"),
         )
 
+    def _record_outputs(
+        self,
+        run: _RunState,
+        target: Target,
+        lane: Lane,
+        outputs: Sequence[StagedOutput],
+        exposed: bool,
+    ) -> None:
+        """Upsert the outputs a job consumes into prepared-outputs.json.
+
+        An executed job gets its host symlink exposures (`staged-linux-rust/workspace-<role>`);
+        a reused one only requests them: its evidence lives in the run that executed it.
+        """
+        job_dir = self._job_dir(run, lane)
+        requested = []
+        for output in outputs:
+            link = job_dir / "staged-linux-rust" / f"workspace-{output.role}"
+            if exposed:
+                link.parent.mkdir(parents=True, exist_ok=True)
+                tmp = link.with_name(f".{link.name}.tmp")
+                if tmp.is_symlink():
+                    tmp.unlink()
+                tmp.symlink_to(output.store_path)
+                tmp.replace(link)
+            requested.append((output, Exposure(path=str(link))))
+
+        def change(record: PreparedOutputsRecord) -> None:
+            existing = {item.node_id: item for item in record.outputs}
+            for output, exposure in requested:
+                item = existing.get(output.node_id) or output.to_record()
+                if exposure not in item.requested_exposures:
+                    item.requested_exposures.append(exposure)
+                if exposed and exposure not in item.exposures:
+                    item.exposures.append(exposure)
+                record.upsert(item)
+
+        run.writer.update_prepared_outputs(change)
+
     def _record_unstarted(self, run: _RunState, planned: _PlannedJob) -> JobRecord:
         job = self._new_job(run, planned.target, planned.lane)
-        failed_prepare = run.failed_prepares.get(planned.target.id)
+        own_failure = self.unmet_reason(planned.target)
         if run.interrupted:
             job.status, job.message = RUN_SKIPPED, f"not run: interrupted by {run.interrupted}"
-        elif failed_prepare is not None:
-            job.status = RUN_FAILED
-            job.message = (
-                f"prepare node `snapshot-{planned.target.id}` failed before execute: "
-                f"{failed_prepare}"
-            )
+        elif own_failure is not None:
+            job.status, job.message = RUN_FAILED, own_failure
         elif run.failed_prepares:
             node, message = next(iter(run.failed_prepares.items()))
             job.status = RUN_SKIPPED
-            job.message = (
-                f"not run because prepare phase stopped after `snapshot-{node}` failed: {message}"
-            )
+            job.message = f"not run because prepare phase stopped after `{node}` failed: {message}"
         elif run.failed_lanes:
             job.status, job.message = RUN_SKIPPED, "not run because an earlier execute node failed"
         else:
             job.status, job.message = RUN_SKIPPED, "not run: doit did not reach this lane"
         job.finished_at = job.started_at
         HostLog(self._job_dir(run, planned.lane) / HOST_LOG).note(job.message)
-        planned.recorded = True
         return job
 
     def _commit(
@@ -501,16 +596,17 @@ class RunSession:
             for future in run.background:
                 future.result()  # an error writing a reused job's record surfaces here
             run.background.clear()
-            pending, run.pending = run.pending, []
-            changes, run.pending_changes = run.pending_changes, []
-            if change is not None:
-                changes.append(change)
+            pending, changes = list(run.pending), list(run.pending_changes)
 
             def apply(record: RunRecord) -> None:
-                for each in changes:
+                for each in [*changes, *([change] if change else [])]:
                     each(record)
 
-            return run.writer.commit(jobs, apply, written_jobs=pending)
+            record = run.writer.commit(jobs, apply, written_jobs=pending)
+            # dropped only once written: an interrupted write leaves them for the next one
+            del run.pending[: len(pending)]
+            del run.pending_changes[: len(changes)]
+            return record
 
     def _print_summary(self, record: RunRecord) -> None:
         out = self._stdout
@@ -544,38 +640,67 @@ def _describe(target: Optional[Target], planned: Sequence[Tuple[Target, Lane]]) 
 
 def _plan(record: RunRecord, planned: Sequence[Tuple[Target, Lane]]) -> RunPlanRecord:
     nodes: List[PlanNode] = []
-    seen_targets: List[str] = []
-    for target, lane in planned:
-        if target.id not in seen_targets:
-            seen_targets.append(target.id)
-            nodes.append(
-                PlanNode(
-                    kind="prepare",
-                    id=f"snapshot-{target.id}",
-                    description=f"Snapshot the workspace for {target.id}",
-                    executor="host_local",
-                    placement="local",
-                    runtime="host_process",
-                    prepare={
-                        "type": "workspace_snapshot",
-                        "excludes": list(target.snapshot_excludes),
-                    },
-                )
+    seen: List[str] = []
+
+    def prepare(node_id: str, description: str, body: Dict[str, Any], deps: List[str]) -> None:
+        if node_id in seen:
+            return
+        seen.append(node_id)
+        nodes.append(
+            PlanNode(
+                kind="prepare",
+                id=node_id,
+                description=description,
+                executor="host_local",
+                placement="local",
+                runtime="host_process",
+                depends_on=deps,
+                prepare=body,
             )
+        )
+
+    for target, lane in planned:
+        snapshot = snapshot_node(target.id)
+        prepare(
+            snapshot,
+            f"Snapshot the workspace for {target.id}",
+            {"type": "workspace_snapshot", "excludes": list(target.snapshot_excludes)},
+            [],
+        )
+        if target.payloads is not None:
+            previous = snapshot
+            for role in PAYLOAD_ROLES:
+                node = build_node(target.payloads.id, role)
+                ref = getattr(target.payloads, role)
+                prepare(
+                    node,
+                    f"Build staged workspace-{role} payload `{target.payloads.id}`",
+                    {
+                        "type": "nix_build",
+                        "installable": ref.attr if ref.file is None else f"{ref.file}#{ref.attr}",
+                        "output_name": ref.attr,
+                        "residency": "local_authoritative",
+                        "handoff": {"protocol": "nix_store_path_v1", "exposures": []},
+                    },
+                    [previous],
+                )
+                previous = node
+        guest = lane.execution.runtime != "host_process"
         nodes.append(
             PlanNode(
                 kind="execute",
-                id=f"execute-{lane.id}",
+                id=execute_node(lane.id),
                 description=lane.description or f"lane {lane.id}",
                 executor=lane.execution.executor,
                 placement=lane.execution.placement,
                 runtime=lane.execution.runtime,
-                depends_on=[f"snapshot-{target.id}"],
+                depends_on=prepare_nodes(target),
                 execute={
-                    "type": "host_command",
+                    "type": "vm_command" if guest else "host_command",
                     "command": lane.command,
+                    **({"run_as_root": lane.run_as_root} if guest else {}),
                     "timeout_secs": lane.timeout_secs,
-                    "writable_workspace": True,
+                    "writable_workspace": not guest,
                 },
             )
         )

@@ -127,6 +127,13 @@ class SnapshotMetadata:
     content_hash: str
     filter: Optional[str] = None
     schema_version: int = SCHEMA_VERSION
+    # content hash + which files are executable: the content hash (the upstream contract)
+    # ignores modes, but a lane sees them; the snapshot's directory is named after this
+    tree_id: Optional[str] = None
+
+    @property
+    def identity(self) -> str:
+        return self.tree_id or self.content_hash
 
     def to_dict(self) -> Dict[str, Any]:
         # Explicit order: the file layout is part of the contract.
@@ -139,6 +146,7 @@ class SnapshotMetadata:
             "content_hash": self.content_hash,
             "filter": self.filter,
             "schema_version": self.schema_version,
+            "tree_id": self.tree_id,
         }
 
     @classmethod
@@ -155,6 +163,7 @@ class SnapshotMetadata:
             content_hash=digest,
             filter=_optional_str(data, "filter"),
             schema_version=_field(data, "schema_version", int, SCHEMA_VERSION),
+            tree_id=_optional_str(data, "tree_id"),
         )
 
 
@@ -237,8 +246,13 @@ def content_hash(snapshot_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def _hash_entry(digest: _Hash, entry: _Entry, dest: Optional[Path]) -> None:
-    """Feed one entry into the content hash, copying it to dest on the way if given."""
+def _hash_entry(
+    digest: _Hash, entry: _Entry, dest: Optional[Path], modes: Optional[_Hash] = None
+) -> None:
+    """Feed one entry into the content hash, copying it to dest on the way if given.
+
+    `modes`, when given, gets every executable file's path (what the content hash omits).
+    """
     rel = os.fsencode(entry.rel)
     mode = entry.st.st_mode
     if stat.S_ISLNK(mode):
@@ -251,6 +265,8 @@ def _hash_entry(digest: _Hash, entry: _Entry, dest: Optional[Path]) -> None:
             dest.mkdir()
         digest.update(b"dir\0" + rel + b"\0")
     elif stat.S_ISREG(mode):
+        if modes is not None and mode & 0o111:
+            modes.update(b"exec\0" + rel + b"\0")
         digest.update(b"file\0" + rel + b"\0")
         _stream_file(entry.path, digest, dest)
         if dest is not None:
@@ -344,8 +360,8 @@ def create_snapshot(
     except OSError as exc:
         raise SnapshotError(f"cannot create snapshot directory {tmp}: {exc.strerror}") from exc
     try:
-        digest = _copy_tree(source, tmp, filt)
-        final = store / digest
+        digest, tree_id = _copy_tree(source, tmp, filt)
+        final = store / tree_id
         meta = SnapshotMetadata(
             source_root=str(source),
             snapshot_dir=str(final),
@@ -354,6 +370,7 @@ def create_snapshot(
             created_at=now_timestamp(),
             content_hash=digest,
             filter=filt.key(),
+            tree_id=tree_id,
         )
         _write_metadata(tmp, meta)
         return _publish(tmp, final, meta)
@@ -362,16 +379,18 @@ def create_snapshot(
         raise
 
 
-def _copy_tree(source: Path, dest: Path, filt: SnapshotFilter) -> str:
-    """Copy and hash in one pass so no byte is read twice."""
+def _copy_tree(source: Path, dest: Path, filt: SnapshotFilter) -> Tuple[str, str]:
+    """Copy and hash in one pass so no byte is read twice: (content hash, tree id)."""
     digest = hashlib.sha256()
+    modes = hashlib.sha256()
     for entry in _walk(source, filt):
         target = dest.joinpath(*entry.rel.split("/"))
         try:
-            _hash_entry(digest, entry, target)
+            _hash_entry(digest, entry, target, modes)
         except OSError as exc:
             raise SnapshotError(f"cannot copy {entry.path}: {exc.strerror or exc}") from exc
-    return digest.hexdigest()
+    content = digest.hexdigest()
+    return content, f"{content}-{modes.hexdigest()[:16]}"
 
 
 def _publish(tmp: Path, final: Path, meta: SnapshotMetadata) -> SnapshotMetadata:
@@ -386,7 +405,7 @@ def _publish(tmp: Path, final: Path, meta: SnapshotMetadata) -> SnapshotMetadata
         # Same content already published (earlier run or a concurrent process). Its
         # metadata was written before its rename, so a missing file means it was pruned.
         existing = read_metadata(final)
-        if existing is not None and existing.content_hash == meta.content_hash:
+        if existing is not None and existing.identity == meta.identity:
             shutil.rmtree(tmp, ignore_errors=True)
             return existing
         if existing is not None or final.exists():

@@ -24,7 +24,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, TextIO
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, TextIO
 
 from pikaci.ids import ID_RULE, is_safe_id
 from pikaci.model import (
@@ -49,7 +49,7 @@ JOB_STATUS_FILE = "status.json"
 HOST_LOG = "host.log"
 GUEST_LOG = "guest.log"
 RESULT_FILE = "result.json"
-_CONTENT_HASH = re.compile(r"^[0-9a-f]{64}$")
+_SNAPSHOT_NAME = re.compile(r"^[0-9a-f]{64}(-[0-9a-f]{16})?$")
 _UPDATE_LOCK = ".lock"
 _ACTIVE_LOCK = ".active"
 
@@ -242,6 +242,16 @@ class RunWriter:
         path = self.run_dir / "jobs" / _checked_job_id(job.id) / JOB_STATUS_FILE
         write_json(path, job.to_dict())
 
+    def update_prepared_outputs(self, change: Callable[[PreparedOutputsRecord], None]) -> None:
+        path = self.run_dir / PREPARED_OUTPUTS_FILE
+        with file_lock(self.run_dir / _UPDATE_LOCK):
+            try:
+                record = PreparedOutputsRecord.from_dict(read_json_object(path), str(path))
+            except FileNotFoundError:
+                record = PreparedOutputsRecord()
+            change(record)
+            write_json(path, record.to_dict())
+
     def read_job(self, job_id: str) -> JobRecord:
         path = self.run_dir / "jobs" / job_id / JOB_STATUS_FILE
         return JobRecord.from_dict(read_json_object(path), str(path))
@@ -404,7 +414,11 @@ def gc_runs(state: StateRoot, keep_runs: int) -> GcReport:
 
 
 def _gc_snapshots(state: StateRoot) -> List[str]:
-    referenced = {run.snapshot_dir for run in list_runs(state).runs if run.snapshot_dir}
+    # compared by directory name: records may spell the state root through a symlink
+    referenced: Set[str] = set()
+    for run in list_runs(state).runs:
+        paths = [run.snapshot_dir, *(job.snapshot_dir for job in run.jobs)]
+        referenced.update(Path(path).name for path in paths if path)
     try:
         entries = [e for e in os.scandir(state.snapshots_dir) if e.is_dir()]
     except FileNotFoundError:
@@ -412,7 +426,7 @@ def _gc_snapshots(state: StateRoot) -> List[str]:
     removed = []
     for entry in entries:
         # only content-addressed snapshots; `.tmp-*` ones are being published right now
-        if not _CONTENT_HASH.match(entry.name) or entry.path in referenced:
+        if not _SNAPSHOT_NAME.fullmatch(entry.name) or entry.name in referenced:
             continue
         shutil.rmtree(entry.path, ignore_errors=True)
         removed.append(entry.name)

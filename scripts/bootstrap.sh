@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Installs what pikaci needs on a Debian 12 machine, idempotently:
-#   - Debian packages (git, bash, python3 with venv) when something is missing (needs root),
+#   - Debian packages when something is missing (needs root): git, bash, python3 with venv,
+#     nix-bin (Nix 2.8, single-user as root) and bubblewrap (the local sandbox);
+#   - Nix configured for offline use: `substituters =` in a marked block of /etc/nix/nix.conf,
+#     added only when the file sets no substituters of its own (set PIKACI_NIX_OFFLINE=0 to
+#     leave nix.conf alone);
 #   - a virtualenv ($PIKACI_VENV, default .venv) with pikaci and its test tools,
 #     reinstalled only when pyproject.toml changed.
 # PIKACI_PYTHON picks the interpreter for the virtualenv (default: python3, >= 3.9).
@@ -15,6 +19,8 @@ log() { printf 'bootstrap: %s\n' "$*" >&2; }
 need_apt=()
 command -v git >/dev/null 2>&1 || need_apt+=(git)
 command -v bash >/dev/null 2>&1 || need_apt+=(bash)
+command -v bwrap >/dev/null 2>&1 || need_apt+=(bubblewrap)
+[ -x /usr/bin/python3 ] || need_apt+=(python3)  # the sandbox's guest python
 if ! command -v "$python" >/dev/null 2>&1; then
   need_apt+=(python3 python3-venv)
 elif [ ! -x "$venv/bin/python" ] && ! "$python" -c 'import ensurepip, venv' >/dev/null 2>&1; then
@@ -29,6 +35,28 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+if ! command -v nix >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ]; then
+    log "nix is missing; install it (apt-get install nix-bin) or run as root"
+    exit 1
+  fi
+  log "installing nix-bin"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # with its recommends: nix-setup-systemd creates the nixbld build users
+  apt-get install -y -qq nix-bin >/dev/null
+fi
+
+nix_conf=/etc/nix/nix.conf
+if [ "${PIKACI_NIX_OFFLINE:-1}" = 1 ] && [ "$(id -u)" -eq 0 ] \
+  && ! grep -qE '^[[:space:]]*(extra-)?substituters[[:space:]]*=' "$nix_conf" 2>/dev/null; then
+  log "configuring nix for offline use in $nix_conf"
+  mkdir -p "$(dirname "$nix_conf")"
+  {
+    printf '\n# pikaci: offline (no binary caches are reachable); remove to use cache.nixos.org\n'
+    printf 'substituters =\n'
+  } >> "$nix_conf"
 fi
 
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 9))'; then

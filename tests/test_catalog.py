@@ -284,6 +284,8 @@ BASE = lane("build", command="make test", timeout_secs=60, env={"A": "1", "B": "
         {"execution": Execution("remote_ssh", "host_process")},
         {"execution": Execution("local", "incus")},
         {"id": "build2"},
+        {"run_as_root": True},
+        {"network": True},
     ],
 )
 def test_lane_spec_changes_with_what_the_lane_runs(changes):
@@ -300,4 +302,6 @@ def test_lane_spec_ignores_description_and_env_order():
         "runtime": "host_process",
         "timeout_secs": 60,
         "env": {"A": "1", "B": "2"},
+        "run_as_root": False,
+        "network": False,
     }

@@ -36,18 +36,25 @@ def test_demo_lane_runs_then_is_reused(fresh_clone: Path) -> None:
     first = subprocess.run(command, cwd=fresh_clone, env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stdout + first.stderr
     assert executed_tasks(first.stdout) == [
-        "snapshot:pikaci",
+        "snapshot:demo",
+        "build:demo:deps",
+        "build:demo:build",
         "execute:demo",
         "collect:demo",
         "lane:demo",
     ]
+    assert "[demo] demo passed" in first.stdout
     bundle_lines = [line for line in first.stderr.splitlines() if "run bundle: " in line]
     assert len(bundle_lines) == 1
     bundle = Path(bundle_lines[0].split("run bundle: ", 1)[1])
     assert bundle.parent == fresh_clone / ".pikaci" / "runs"
-    summary = orjson.loads((bundle / "jobs" / "demo" / "artifacts" / "summary.json").read_bytes())
-    assert summary["python_modules"] > 10 and summary["run_id"] == bundle.name
-    assert "byte-compiled" in (bundle / "jobs" / "demo" / "host.log").read_text()
+    artifacts = bundle / "jobs" / "demo" / "artifacts"
+    summary = orjson.loads((artifacts / "summary.json").read_bytes())
+    assert summary == {"python_modules": summary["python_modules"], "guest_user": "pikaci"}
+    assert summary["python_modules"] > 10
+    assert "byte-compiled" in (artifacts / "guest.log").read_text()
+    result = orjson.loads((artifacts / "result.json").read_bytes())
+    assert result["status"] == "completed" and result["message"] == "test passed"
 
     second = subprocess.run(command, cwd=fresh_clone, env=env, capture_output=True, text=True)
     assert second.returncode == 0, second.stdout + second.stderr

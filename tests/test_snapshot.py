@@ -258,7 +258,8 @@ def test_content_hash_known_value(tmp_path: Path) -> None:
     assert content_hash(tmp_path / "tiny") == TINY_TREE_HASH
     meta = create_snapshot(tmp_path / "tiny", tmp_path / "store", NO_FILTER)
     assert meta.content_hash == TINY_TREE_HASH
-    assert Path(meta.snapshot_dir) == (tmp_path / "store" / TINY_TREE_HASH).resolve()
+    assert meta.tree_id is not None and meta.tree_id.startswith(TINY_TREE_HASH + "-")
+    assert Path(meta.snapshot_dir) == (tmp_path / "store" / meta.tree_id).resolve()
 
 
 def test_content_hash_matches_reference(tmp_path: Path) -> None:
@@ -304,6 +305,7 @@ def test_metadata_file_layout(tmp_path: Path) -> None:
         "content_hash",
         "filter",
         "schema_version",
+        "tree_id",
     ]
     assert raw.startswith(b'{\n  "source_root": ')
     assert data["source_root"] == str((tmp_path / "tiny").resolve())
@@ -353,13 +355,11 @@ def test_same_tree_publishes_once(tmp_path: Path) -> None:
     first = create_snapshot(tmp_path / "tiny", store, NO_FILTER)
     second = create_snapshot(tmp_path / "tiny", store, NO_FILTER, GitState("b" * 40, True, ()))
     assert second == first  # the existing snapshot's own metadata wins
-    assert [p.name for p in store.iterdir()] == [TINY_TREE_HASH]
+    assert [p.name for p in store.iterdir()] == [first.tree_id]
     write(tmp_path / "tiny" / "new.txt")
     third = create_snapshot(tmp_path / "tiny", store, NO_FILTER)
     assert third.content_hash != first.content_hash
-    assert sorted(p.name for p in store.iterdir()) == sorted(
-        [first.content_hash, third.content_hash]
-    )
+    assert sorted(p.name for p in store.iterdir()) == sorted([first.tree_id, third.tree_id])
     assert tmp_leftovers(store) == []
 
 
@@ -404,8 +404,9 @@ def test_concurrent_snapshots_of_same_tree(tmp_path: Path) -> None:
     assert [kind for kind, _ in outcomes] == ["ok"] * 4, outcomes
     assert len({digest for _, digest in outcomes}) == 1
     digest = outcomes[0][1]
-    assert [p.name for p in store.iterdir()] == [digest]
-    final = store / digest
+    (published,) = store.iterdir()
+    assert published.name.startswith(digest + "-")
+    final = published
     assert content_hash(final) == digest == reference_hash(final)
     assert len(tree_listing(final)) == 150 + 7 + 1
 
@@ -598,3 +599,16 @@ def test_equal_fingerprint_means_equal_snapshot(repo: Path, tmp_path: Path) -> N
     write(repo / "notes.txt", "changed\n")
     assert fingerprint(repo, filt) != first_fp
     assert create_snapshot(repo, store, filt).content_hash != first.content_hash
+
+
+def test_executable_bit_changes_the_tree_id_but_not_the_content_hash(tmp_path):
+    make_tiny_tree(tmp_path / "tiny")
+    plain = create_snapshot(tmp_path / "tiny", tmp_path / "store", NO_FILTER)
+    script = next(p for p in (tmp_path / "tiny").rglob("*") if p.is_file() and not p.is_symlink())
+    script.chmod(script.stat().st_mode ^ 0o111)
+    flipped = create_snapshot(tmp_path / "tiny", tmp_path / "store", NO_FILTER)
+    assert flipped.content_hash == plain.content_hash  # the upstream hash ignores modes
+    assert flipped.tree_id != plain.tree_id  # but a lane sees them: a different snapshot
+    assert Path(flipped.snapshot_dir) != Path(plain.snapshot_dir)
+    copied = Path(flipped.snapshot_dir) / script.relative_to(tmp_path / "tiny")
+    assert (copied.stat().st_mode & 0o111) == (script.stat().st_mode & 0o111)

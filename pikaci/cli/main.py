@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -79,10 +80,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return _dispatch(args)
     except (StoreError, RecordError, UsageError, ValueError) as exc:
-        sys.stderr.write(f"pikaci: error: {exc}\n")
-        return 1
+        return _error(str(exc))
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _error(f"{where}{exc.strerror or exc}")
     except KeyboardInterrupt:
         return 130
+
+
+def _error(message: str) -> int:
+    sys.stderr.write(f"pikaci: error: {message}\n")
+    return 1
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -165,8 +173,8 @@ def _run(catalog: Catalog, settings: Settings, tasks: List[str], args: argparse.
         code = DoitMain(loader).run(doit_args + tasks)
     finally:
         final = loader.session.finish()  # no-op when the reporter already closed the run
-    if final is None:
-        return code or 1
+    if final is None or code not in (0, 1):
+        return 1 if code else 0  # doit itself failed (bad catalog, task error): an error
     return 1 if final.status == RUN_FAILED else 0
 
 
@@ -189,13 +197,9 @@ def _rerun(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError(f"run `{old.run_id}` names lanes the catalog no longer has: {missing}")
     settings.rerun = old
     # a private dep file: a rerun executes everything and leaves doit's state alone
-    run_dir = state.runs_dir / old.run_id
-    settings.dep_file = run_dir / ".rerun-doit.sqlite3"
-    try:
+    with tempfile.TemporaryDirectory(prefix="pikaci-rerun-") as scratch:
+        settings.dep_file = Path(scratch) / "doit.sqlite3"
         return _run(catalog, settings, [f"lane:{lane}" for lane in lanes], args)
-    finally:
-        for leftover in run_dir.glob(".rerun-doit.sqlite3*"):
-            leftover.unlink()
 
 
 def _doit(args: argparse.Namespace, settings: Settings, doit_args: List[str]) -> int:

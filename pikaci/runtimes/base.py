@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Protocol
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 from pikaci.catalog import Lane, Target
-from pikaci.model import RUN_FAILED, RUN_PASSED, TerminalResult, now_timestamp
+from pikaci.model import (
+    RUN_FAILED,
+    RUN_PASSED,
+    RealizedPreparedOutputRecord,
+    TerminalResult,
+    now_timestamp,
+)
+from pikaci.payload import PayloadManifest, parse_manifest
 from pikaci.store import GUEST_LOG, HOST_LOG, RESULT_FILE, StateRoot, write_json
 
 LOG_PREFIX = "[pikaci] "
@@ -31,6 +38,46 @@ class HostLog:
             handle.write(data)
 
 
+@dataclass(frozen=True)
+class StagedOutput:
+    """A realized staged payload a job consumes (from its build task's saved values)."""
+
+    role: str  # deps | build
+    node_id: str
+    installable: str
+    output_name: str
+    store_path: Path
+    manifest: PayloadManifest
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> StagedOutput:
+        label = f"{values['node_id']} ({values['store_path']})"
+        return cls(
+            role=str(values["role"]),
+            node_id=str(values["node_id"]),
+            installable=str(values["installable"]),
+            output_name=str(values["output_name"]),
+            store_path=Path(values["store_path"]),
+            manifest=parse_manifest(values["manifest"], label),
+        )
+
+    @property
+    def label(self) -> str:
+        return f"{self.node_id} ({self.store_path})"
+
+    def to_record(self) -> RealizedPreparedOutputRecord:
+        return RealizedPreparedOutputRecord(
+            node_id=self.node_id,
+            installable=self.installable,
+            output_name=self.output_name,
+            protocol="nix_store_path_v1",
+            residency="local_authoritative",
+            consumer="host_local_symlink_mounts_v1",
+            realized_path=str(self.store_path),
+            payload=self.manifest.to_dict(),
+        )
+
+
 @dataclass
 class JobContext:
     """One lane's execution in one run: where things go and how to talk back."""
@@ -47,9 +94,13 @@ class JobContext:
     # called with a process group id when one starts (None when it is gone), so an interrupt
     # can kill what the lane left running
     track_process: Callable[[Optional[int]], None] = lambda pgid: None
-    extra_env: Dict[str, str] = field(default_factory=dict)
+    payloads: Sequence[StagedOutput] = ()
+    # the snapshot as the lane sees it (content + executable bits); defaults to content_hash
+    snapshot_id: str = ""
 
     def __post_init__(self) -> None:
+        if not self.snapshot_id:
+            self.snapshot_id = self.content_hash
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
         self.guest_log_path.touch(exist_ok=True)
         self.host_log = HostLog(self.host_log_path)

@@ -87,10 +87,10 @@ def _materialize(ctx: JobContext, scope: Path) -> Path:
     workspace = scope / "workspace"
     marker = scope / _MARKER
     try:
-        current = read_json_object(marker).get("content_hash")
+        current = read_json_object(marker).get("snapshot_id")
     except (FileNotFoundError, RecordError):
         current = None
-    if current == ctx.content_hash and workspace.is_dir():
+    if current == ctx.snapshot_id and workspace.is_dir():
         ctx.host_log.note(f"workspace up to date with snapshot {ctx.content_hash[:12]}")
         return workspace
     started = time.monotonic()
@@ -101,7 +101,7 @@ def _materialize(ctx: JobContext, scope: Path) -> Path:
         marker.unlink()
     shutil.rmtree(workspace, ignore_errors=True)
     staging.rename(workspace)
-    write_json(marker, {"content_hash": ctx.content_hash, "snapshot_dir": str(ctx.snapshot_dir)})
+    write_json(marker, {"snapshot_id": ctx.snapshot_id, "snapshot_dir": str(ctx.snapshot_dir)})
     ctx.host_log.note(
         f"materialized workspace from snapshot {ctx.content_hash[:12]} "
         f"in {time.monotonic() - started:.2f}s"
@@ -128,7 +128,6 @@ def _environment(ctx: JobContext, scope: Path, workspace: Path) -> Dict[str, str
             "PIKACI_SOURCE_ROOT": str(ctx.source_root),
         }
     )
-    env.update(ctx.extra_env)
     env.update(ctx.lane.env)
     return env
 

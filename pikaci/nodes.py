@@ -1,0 +1,49 @@
+"""Plan node ids and the doit task names they come from, in one place.
+
+snapshot:<target>      -> snapshot-<target>
+build:<payload>:deps   -> prepare-<payload>-workspace-deps
+build:<payload>:build  -> prepare-<payload>-workspace-build
+execute:<lane>         -> execute-<lane>
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+from pikaci.catalog import Target
+
+PAYLOAD_ROLES = ("deps", "build")
+
+
+def snapshot_node(target_id: str) -> str:
+    return f"snapshot-{target_id}"
+
+
+def build_task(payload_id: str, role: str) -> str:
+    return f"build:{payload_id}:{role}"
+
+
+def build_node(payload_id: str, role: str) -> str:
+    return f"prepare-{payload_id}-workspace-{role}"
+
+
+def execute_node(lane_id: str) -> str:
+    return f"execute-{lane_id}"
+
+
+def prepare_nodes(target: Target) -> List[str]:
+    """The prepare nodes a lane of `target` waits for, in order."""
+    nodes = [snapshot_node(target.id)]
+    if target.payloads is not None:
+        nodes += [build_node(target.payloads.id, role) for role in PAYLOAD_ROLES]
+    return nodes
+
+
+def node_of_task(task_name: str) -> Optional[str]:
+    """The prepare node a doit task stands for, or None for other tasks."""
+    parts = task_name.split(":")
+    if len(parts) == 2 and parts[0] == "snapshot":
+        return snapshot_node(parts[1])
+    if len(parts) == 3 and parts[0] == "build" and parts[2] in PAYLOAD_ROLES:
+        return build_node(parts[1], parts[2])
+    return None
