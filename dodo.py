@@ -1,8 +1,8 @@
 """This repository's own pikaci catalog. Declarations only; pikaci implements the rest.
 
-    doit list --all            every task (lanes are `lane:<id>`, targets `target:<id>`)
-    doit run lane:demo         the demo lane (also what plain `doit` runs)
-    doit run target:pikaci     the repository's own checks
+doit list --all            every task (lanes are `lane:<id>`, targets `target:<id>`)
+doit run lane:demo         the demo lane (also what plain `doit` runs)
+doit run target:pikaci     the repository's own checks
 """
 
 from __future__ import annotations
