@@ -154,7 +154,7 @@ def timed_doit(
     return time.perf_counter() - start, proc
 
 
-def _failure(what: str, proc: subprocess.CompletedProcess[str]) -> BenchError:
+def failure(what: str, proc: subprocess.CompletedProcess[str]) -> BenchError:
     tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])
     return BenchError(f"{what} exited {proc.returncode}:\n{tail}")
 
@@ -182,19 +182,19 @@ def measure(lanes: int, repeat: int) -> LaneCountResult:
 
         _, cold = timed_doit(["run", "lane"], root, env)
         if cold.returncode != 0:
-            raise _failure(f"{lanes} lanes: cold `doit run lane`", cold)
+            raise failure(f"{lanes} lanes: cold `doit run lane`", cold)
         ran = [name for name in executed_tasks(cold.stdout) if name.startswith("execute:")]
         if len(ran) != lanes:
             raise BenchError(f"{lanes} lanes: cold run executed {len(ran)} lanes")
         after_cold = count_run_records(state_root)
         _, warm = timed_doit(["list", "--all"], root, env)  # untimed: warms the list path too
         if warm.returncode != 0:
-            raise _failure(f"{lanes} lanes: warm-up `doit list --all`", warm)
+            raise failure(f"{lanes} lanes: warm-up `doit list --all`", warm)
 
         for i in range(repeat):  # interleaved so that drift hits both sides alike
             elapsed, proc = timed_doit(["run", "lane"], root, env)
             if proc.returncode != 0:
-                raise _failure(f"{lanes} lanes: no-op `doit run lane` #{i + 1}", proc)
+                raise failure(f"{lanes} lanes: no-op `doit run lane` #{i + 1}", proc)
             executed = executed_tasks(proc.stdout)
             if executed:
                 raise BenchError(
@@ -205,7 +205,7 @@ def measure(lanes: int, repeat: int) -> LaneCountResult:
 
             elapsed, proc = timed_doit(["list", "--all"], root, env)
             if proc.returncode != 0:
-                raise _failure(f"{lanes} lanes: `doit list --all` #{i + 1}", proc)
+                raise failure(f"{lanes} lanes: `doit list --all` #{i + 1}", proc)
             result.list_s.append(elapsed)
 
         after = count_run_records(state_root)

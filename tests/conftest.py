@@ -27,6 +27,7 @@ class LaneSpec:
     env: Dict[str, str] = field(default_factory=dict)
     placement: str = "local"
     runtime: str = "host_process"
+    network: bool = False
 
 
 def render_dodo(lanes: Sequence[LaneSpec], excludes: Optional[Dict[str, List[str]]] = None) -> str:
@@ -159,3 +160,123 @@ def executed_tasks(stdout: str) -> List[str]:
 
 def reused_tasks(stdout: str) -> List[str]:
     return [line[3:].split()[0] for line in stdout.splitlines() if line.startswith("-- ")]
+
+
+STAGED_FLAKE = """\
+{
+  outputs = { self }:
+    let
+      ci = import ./nix/ci/lib.nix { };
+      inputs = builtins.path { path = ./src; name = "payload-inputs"; };
+    in {
+      ci.x86_64-linux = rec {
+        deps = ci.stagedPayload {
+          name = "TAG-deps";
+          role = "workspaceDeps";
+          src = inputs;
+          build = ''mkdir -p "$out/share"; cp -r "$src" "$out/share/inputs"'';
+        };
+        build = ci.stagedPayload {
+          name = "TAG-build";
+          role = "workspaceBuild";
+          src = inputs;
+          inputs = { inherit deps; };
+          build = ''mkdir -p "$out/share"; cat "$src"/*.txt > "$out/share/all.txt"'';
+          wrappers = WRAPPERS;
+        };
+      } // EXTRA;
+    };
+}
+"""
+
+
+def nix_string(text: str) -> str:
+    """A Nix indented string literal holding `text` verbatim."""
+    return "''" + text.replace("''", "'''").replace("${", "''${") + "''"
+
+
+def render_staged_flake(tag: str, wrappers: Dict[str, str], extra: str = "{ }") -> str:
+    body = " ".join(f"{name} = {nix_string(text)};" for name, text in sorted(wrappers.items()))
+    return (STAGED_FLAKE.replace("TAG", tag).replace("WRAPPERS", "{ " + body + " }")).replace(
+        "EXTRA", extra
+    )
+
+
+def render_staged_dodo(targets: Dict[str, Sequence[LaneSpec]], excludes: Sequence[str] = ()) -> str:
+    blocks = []
+    for target_id, lanes in targets.items():
+        lane_src = ",\n".join(
+            f"        Lane(id={lane.id!r}, command={lane.command!r}, "
+            f"execution=Execution({lane.placement!r}, {lane.runtime!r}), "
+            f"timeout_secs={lane.timeout_secs!r}, env={lane.env!r}, "
+            f"network={lane.network!r})"
+            for lane in lanes
+        )
+        blocks.append(
+            f"    Target(id={target_id!r}, snapshot_excludes={tuple(excludes)!r}, "
+            "payloads=StagedPayloads(id='shared', deps=Installable('ci.x86_64-linux.deps'), "
+            "build=Installable('ci.x86_64-linux.build')), "
+            f"lanes=[\n{lane_src}\n    ])"
+        )
+    return (
+        "from pikaci.catalog import Catalog, Execution, Installable, Lane, StagedPayloads, "
+        "Target\n"
+        "from pikaci.graph import declare\n\n"
+        "CATALOG = Catalog(targets=[\n" + ",\n".join(blocks) + "\n])\n"
+        "DOIT_CONFIG, task_pikaci = declare(CATALOG, __file__)\n"
+    )
+
+
+@pytest.fixture
+def make_staged_project(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """make_staged_project(wrappers, targets, excludes=(), extra_nix="{ }") -> Project.
+
+    A committed repository whose flake builds two staged payloads with the project's own
+    nixpkgs-free helper: `deps` (a copy of src/) and `build` (the wrappers), shared by every
+    target under payload id `shared`. Lanes run the wrappers from the build payload's mount.
+    """
+    counter = iter(range(1000))
+
+    def factory(
+        wrappers: Dict[str, str],
+        targets: Dict[str, Sequence[LaneSpec]],
+        excludes: Sequence[str] = (),
+        extra_nix: str = "{ }",
+    ) -> Project:
+        root = tmp_path / f"repo{next(counter)}"
+        root.mkdir()
+        project = Project(root=root, state_root=tmp_path / "state")
+        # a unique tag keeps these derivations apart from other tests' in the shared store
+        tag = f"t{abs(hash(str(tmp_path))) % 10**8}"
+        project.write("flake.nix", render_staged_flake(tag, wrappers, extra_nix))
+        project.write("flake.lock", '{"nodes": {"root": {}}, "root": "root", "version": 7}\n')
+        project.write("nix/ci/lib.nix", (REPO_ROOT / "nix" / "ci" / "lib.nix").read_text())
+        project.write("dodo.py", render_staged_dodo(targets, excludes))
+        project.write("src/hello.txt", "hello\n")
+        git(root, "init", "-q", "-b", "main")
+        project.commit("initial")
+        return project
+
+    return factory
+
+
+@pytest.fixture
+def nix_counter(tmp_path: Path) -> Path:
+    """A directory to put first on PATH: `nix`, `nix-store` and `nix-build` that log each call
+    to `<dir>/calls` and then run the real tool."""
+    import shutil as _shutil
+
+    bindir = tmp_path / "counting-bin"
+    bindir.mkdir()
+    for tool in ("nix", "nix-store", "nix-build", "nix-instantiate"):
+        real = _shutil.which(tool)
+        assert real, f"{tool} is not installed"
+        script = bindir / tool
+        script.write_text(f'#!/bin/sh\necho "{tool} $*" >> "{bindir}/calls"\nexec {real} "$@"\n')
+        script.chmod(0o755)
+    return bindir
+
+
+def nix_calls(bindir: Path) -> List[str]:
+    calls = bindir / "calls"
+    return calls.read_text().splitlines() if calls.exists() else []
