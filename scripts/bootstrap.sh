@@ -20,6 +20,7 @@ need_apt=()
 command -v git >/dev/null 2>&1 || need_apt+=(git)
 command -v bash >/dev/null 2>&1 || need_apt+=(bash)
 command -v bwrap >/dev/null 2>&1 || need_apt+=(bubblewrap)
+command -v jq >/dev/null 2>&1 || need_apt+=(jq)  # the nix expression tests run install scripts
 [ -x /usr/bin/python3 ] || need_apt+=(python3)  # the sandbox's guest python
 if ! command -v "$python" >/dev/null 2>&1; then
   need_apt+=(python3 python3-venv)

@@ -23,6 +23,7 @@ from typing import Any, Dict, Iterator, List, Sequence, Union
 import pytest
 
 from pikaci.guest import runner as guest
+from tests.conftest import require_component
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNNER = REPO_ROOT / "pikaci" / "guest" / "runner.py"
@@ -33,13 +34,7 @@ DEBIAN_PYTHON = "/usr/bin/python3"
 INTERPRETERS = [sys.executable, DEBIAN_PYTHON] + ([str(PY39)] if PY39.exists() else [])
 
 
-def _require(condition: bool, reason: str) -> None:
-    """Skip on a developer machine; in CI a missing component is a failure."""
-    if condition:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
+_require = require_component
 
 
 def _alive(pid: int) -> bool:

@@ -20,6 +20,8 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
+from tests.conftest import require_component
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LINUX_RUST = REPO_ROOT / "nix/ci/linux-rust.nix"
 IMAGE = REPO_ROOT / "nix/incus/pikaci-image.nix"
@@ -321,8 +323,8 @@ def run_install(script: str, installed: List[Dict[str, str]], build_dir: Path, o
     """Run an install script the way stdenv would (bash, errexit, nounset, pipefail), with the
     toFile paths it copies replaced by the texts they stand for."""
     jq = shutil.which("jq")
-    if jq is None:
-        pytest.skip("jq is not installed (apt-get install jq): the install script needs it")
+    require_component(jq is not None, "jq is not installed (apt-get install jq)")
+    assert jq is not None
     files = build_dir.parent / "files"
     files.mkdir(exist_ok=True)
     for index, entry in enumerate(installed):
@@ -409,8 +411,10 @@ def test_wrappers_run_in_a_guest_layout(
     (snapshot / "crates/api").mkdir(parents=True)
     namespace = guest_namespace(out, snapshot)
     probe = subprocess.run([*namespace, "/run/current-system/sw/bin/true"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip(f"bubblewrap cannot make a namespace here: {probe.stderr.decode().strip()}")
+    require_component(
+        probe.returncode == 0,
+        f"bubblewrap cannot make a namespace here: {probe.stderr.decode().strip()}",
+    )
 
     def run(*argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -528,6 +532,4 @@ def test_image_packages_and_runner(image_config: Dict[str, Any]):
     runner = packages[-1]
     assert runner["name"] == "pikaci-incus-run"
     assert runner["text"].startswith(GUEST_PYTHON + "\n")
-    if not RUNNER.is_file():
-        pytest.skip("pikaci/guest/runner.py does not exist yet: cannot compare the packaged text")
     assert runner["text"] == RUNNER.read_text()
