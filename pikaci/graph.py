@@ -79,10 +79,6 @@ def lane_identity(
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def read_metadata_exists(snapshot_dir: Path) -> bool:
-    return (snapshot_dir / SNAPSHOT_METADATA_FILE).is_file()
-
-
 # -- up-to-date checks ------------------------------------------------------------------------
 
 
@@ -120,7 +116,9 @@ class SnapshotUnchanged(UptodateCalculator):  # type: ignore[misc]
         if self.fingerprint is None or values.get("source_fingerprint") != self.fingerprint:
             return False
         snapshot_dir = values.get("snapshot_dir")
-        return isinstance(snapshot_dir, str) and read_metadata_exists(Path(snapshot_dir))
+        return (
+            isinstance(snapshot_dir, str) and Path(snapshot_dir, SNAPSHOT_METADATA_FILE).is_file()
+        )
 
     def __repr__(self) -> str:
         return f"source_fingerprint_unchanged({self.target.id}: {self.fingerprint})"

@@ -125,7 +125,8 @@ class RunSession:
         self.inputs: Dict[str, LaneInputs] = {}
         self.run: Optional[_RunState] = None
         self._lock = threading.RLock()
-        self._git: Optional[Tuple[Optional[GitState]]] = None
+        self._git: Optional[GitState] = None
+        self._git_read = False
         # captured now: doit swaps sys.stdout while actions run
         self._stdout: IO[str] = sys.stdout
         self._stderr: IO[str] = sys.stderr
@@ -143,9 +144,10 @@ class RunSession:
     def git(self) -> Optional[GitState]:
         """Git state of the source root, read once per invocation."""
         with self._lock:
-            if self._git is None:
-                self._git = (git_state(self.settings.source_root),)
-            return self._git[0]
+            if not self._git_read:
+                self._git = git_state(self.settings.source_root)
+                self._git_read = True
+            return self._git
 
     @property
     def console_stream(self) -> IO[str]:
@@ -208,8 +210,17 @@ class RunSession:
             active = contextlib.ExitStack()
             active.enter_context(writer.active())
             writer.create(record)
-            write_json(run_dir / PLAN_FILE, _plan(record, planned).to_dict())
-            write_json(run_dir / PREPARED_OUTPUTS_FILE, PreparedOutputsRecord().to_dict())
+            try:
+                write_json(run_dir / PLAN_FILE, _plan(record, planned).to_dict())
+                write_json(run_dir / PREPARED_OUTPUTS_FILE, PreparedOutputsRecord().to_dict())
+            except BaseException as exc:
+                # never leave a `running` record behind a run that could not start
+                record.status, record.finished_at = RUN_FAILED, now_timestamp()
+                record.message = f"could not start the run: {exc}"
+                with contextlib.suppress(OSError):
+                    writer.create(record)
+                active.close()
+                raise
             self.run = _RunState(
                 run_id=run_id,
                 writer=writer,

@@ -116,7 +116,7 @@ def read_json_object(path: Path) -> Dict[str, Any]:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise
+        raise  # absent is not corrupt: callers tell the two apart
     except OSError as exc:
         raise RecordError(f"{path}: unreadable ({exc.strerror})") from None
     return loads_object(raw, str(path))
