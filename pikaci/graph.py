@@ -234,12 +234,27 @@ def build_inputs(target: Target, role: str, get_val: Callable[[str, str], Any]) 
 # -- actions ----------------------------------------------------------------------------------
 
 
+GROUP_DOCS = {
+    "lane": "every lane: `lane:<id>` is one lane's verdict (doit list --all shows them)",
+    "target": "every target: `target:<id>` runs the lanes of one target",
+    "snapshot": "filtered, content-addressed copies of the workspace, one per target",
+    "build": "nix builds of staged payloads: `build:<payload>:deps|build`",
+    "execute": "run lane commands in their runtime",
+    "collect": "collect lane logs and artifacts into the run bundle",
+}
+
+
 class TaskBuilder:
     def __init__(self, catalog: Catalog, session: RunSession) -> None:
         self.catalog = catalog
         self.session = session
 
     def tasks(self) -> Iterator[TaskDict]:
+        # doc lines of the group tasks `doit list` shows (name=None describes the group)
+        staged = any(target.payloads for target in self.catalog.targets)
+        for basename, doc in GROUP_DOCS.items():
+            if basename != "build" or staged:
+                yield {"basename": basename, "name": None, "doc": doc}
         built: List[str] = []
         for target in self.catalog.targets:
             yield self._snapshot_task(target)
