@@ -224,6 +224,8 @@ def build_inputs(target: Target, role: str, get_val: Callable[[str, str], Any]) 
         "snapshot": snapshot_identity(snapshot),
         "attr": ref.attr,
         "file": ref.file,
+        # a classic file may import from search paths (<nixpkgs>) outside the snapshot
+        "nix_path": os.environ.get("NIX_PATH", "") if ref.file is not None else "",
     }
     if role == "build":
         deps = get_val(build_task(target.payloads.id, "deps"), "_values_:") or {}
@@ -376,7 +378,7 @@ class TaskBuilder:
             log(f"failed: {exc}")
             return TaskError(f"{task_name} (target {target.id}): {exc}")
         log(f"staged output ready: {ref.attr} -> {store_path}")
-        return {
+        values = {
             "role": role,
             "node_id": build_node(payload_id, role),
             "installable": nix.BuildRef(ref.attr, ref.file).describe(source),
@@ -384,6 +386,8 @@ class TaskBuilder:
             "store_path": store_path,
             "manifest": manifest.to_dict(),
         }
+        self.session.record_realized(values)  # in prepared-outputs.json even if no lane runs
+        return values
 
     def _execute(
         self, target: Target, lane: Lane, snapshot: Dict[str, Any], **payloads: Any

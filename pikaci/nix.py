@@ -50,9 +50,12 @@ class BuildRef:
 
 def build(ref: BuildRef, source_dir: Path, log: LogLine, program: str = "nix") -> List[str]:
     """Realise `ref` and return its output store paths (every output, in nix's order)."""
-    code, out, err_tail = run_logged(
-        [program, *NIX_FEATURES, "build", "--no-link", "--json", *ref.args(source_dir)], log
-    )
+    try:
+        code, out, err_tail = run_logged(
+            [program, *NIX_FEATURES, "build", "--no-link", "--json", *ref.args(source_dir)], log
+        )
+    except NixError as exc:
+        raise NixError(f"nix build of `{ref.attr}` failed: {exc}") from None
     if code != 0:
         raise NixError(f"nix build of `{ref.attr}` failed: {summarize_error(err_tail, code)}")
     try:
@@ -119,10 +122,14 @@ def summarize_error(stderr_lines: Sequence[str], code: int) -> str:
     lines = [line.strip() for line in stderr_lines if line.strip()]
     for index, line in enumerate(lines):
         if line.startswith("error:"):
-            message = line[len("error:") :].strip()
+            message = line[len("error:") :].strip().rstrip(";")
             where = next(
                 (follow for follow in lines[index + 1 : index + 4] if follow.startswith("at ")),
                 None,
             )
-            return f"{message} ({where.rstrip(':')})" if where else message
+            if where:
+                return f"{message} ({where.rstrip(':')})"
+            # a failed builder: its last log line (`> ...`) usually says why
+            said = [follow[1:].strip() for follow in lines[index + 1 :] if follow.startswith(">")]
+            return f"{message}: {said[-1]}" if said and said[-1] else message
     return lines[-1] if lines else f"exit status {code}"

@@ -8,9 +8,9 @@ execute:<lane>         -> execute-<lane>
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Dict, List, Optional
 
-from pikaci.catalog import Target
+from pikaci.catalog import Catalog, Target
 
 PAYLOAD_ROLES = ("deps", "build")
 
@@ -31,10 +31,22 @@ def execute_node(lane_id: str) -> str:
     return f"execute-{lane_id}"
 
 
-def prepare_nodes(target: Target) -> List[str]:
-    """The prepare nodes a lane of `target` waits for, in order."""
+def payload_owners(catalog: Catalog) -> Dict[str, Target]:
+    """The target whose snapshot each shared payload is built from: the first declaring it."""
+    owners: Dict[str, Target] = {}
+    for target in catalog.targets:
+        if target.payloads is not None:
+            owners.setdefault(target.payloads.id, target)
+    return owners
+
+
+def prepare_nodes(target: Target, owner: Optional[Target] = None) -> List[str]:
+    """The prepare nodes a lane of `target` waits for, in order; `owner` is the target whose
+    snapshot its payloads are built from (itself unless the payloads are shared)."""
     nodes = [snapshot_node(target.id)]
     if target.payloads is not None:
+        if owner is not None and owner.id != target.id:
+            nodes.append(snapshot_node(owner.id))
         nodes += [build_node(target.payloads.id, role) for role in PAYLOAD_ROLES]
     return nodes
 

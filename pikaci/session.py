@@ -42,7 +42,14 @@ from pikaci.model import (
     run_finished_event,
     run_started_event,
 )
-from pikaci.nodes import PAYLOAD_ROLES, build_node, execute_node, prepare_nodes, snapshot_node
+from pikaci.nodes import (
+    PAYLOAD_ROLES,
+    build_node,
+    execute_node,
+    payload_owners,
+    prepare_nodes,
+    snapshot_node,
+)
 from pikaci.runtimes.base import HostLog, JobContext, Outcome, StagedOutput
 from pikaci.runtimes.host import kill_process_group
 from pikaci.store import (
@@ -120,6 +127,7 @@ class _RunState:
 class RunSession:
     def __init__(self, catalog: Catalog, settings: Settings) -> None:
         self.catalog = catalog
+        self.owners = payload_owners(catalog)
         self.settings = settings
         self.state = StateRoot(settings.state_root)
         self.inputs: Dict[str, LaneInputs] = {}
@@ -211,7 +219,7 @@ class RunSession:
             active.enter_context(writer.active())
             writer.create(record)
             try:
-                write_json(run_dir / PLAN_FILE, _plan(record, planned).to_dict())
+                write_json(run_dir / PLAN_FILE, _plan(record, planned, self.owners).to_dict())
                 write_json(run_dir / PREPARED_OUTPUTS_FILE, PreparedOutputsRecord().to_dict())
             except BaseException as exc:
                 # never leave a `running` record behind a run that could not start
@@ -311,7 +319,7 @@ class RunSession:
         job.identity = inputs.identity if inputs else None
         job.snapshot_dir, job.content_hash = str(ctx.snapshot_dir), ctx.content_hash
         job.pre_execution_prepare_duration_ms = (
-            sum(run.prepare_ms.get(node, 0) for node in prepare_nodes(ctx.target)) or None
+            sum(run.prepare_ms.get(node, 0) for node in self._prepare_nodes(ctx.target)) or None
         )
         if ctx.payloads:
             self._record_outputs(run, ctx.target, ctx.lane, ctx.payloads, exposed=True)
@@ -490,10 +498,14 @@ class RunSession:
         run = self.run
         if run is None:
             return None
-        for node in prepare_nodes(target):
+        for node in self._prepare_nodes(target):
             if node in run.failed_prepares:
                 return f"prepare node `{node}` failed before execute: {run.failed_prepares[node]}"
         return None
+
+    def _prepare_nodes(self, target: Target) -> List[str]:
+        owner = self.owners.get(target.payloads.id) if target.payloads else None
+        return prepare_nodes(target, owner)
 
     def _planned(self, run: _RunState, target: Target, lane: Lane) -> _PlannedJob:
         return run.jobs.setdefault(lane.id, _PlannedJob(target, lane))
@@ -539,6 +551,19 @@ class RunSession:
             target_id=target.id,
             artifacts_dir=str(job_dir / "artifacts"),
         )
+
+    def record_realized(self, values: Dict[str, Any]) -> None:
+        """A build realized an output: record it, before any lane consumes it."""
+        run = self.run
+        if run is None:
+            return
+        output = StagedOutput.from_values(values)
+
+        def change(record: PreparedOutputsRecord) -> None:
+            if all(item.node_id != output.node_id for item in record.outputs):
+                record.upsert(output.to_record())
+
+        run.writer.update_prepared_outputs(change)
 
     def _record_outputs(
         self,
@@ -649,7 +674,9 @@ def _describe(target: Optional[Target], planned: Sequence[Tuple[Target, Lane]]) 
     return "lanes " + ", ".join(lane.id for _, lane in planned)
 
 
-def _plan(record: RunRecord, planned: Sequence[Tuple[Target, Lane]]) -> RunPlanRecord:
+def _plan(
+    record: RunRecord, planned: Sequence[Tuple[Target, Lane]], owners: Dict[str, Target]
+) -> RunPlanRecord:
     nodes: List[PlanNode] = []
     seen: List[str] = []
 
@@ -670,16 +697,22 @@ def _plan(record: RunRecord, planned: Sequence[Tuple[Target, Lane]]) -> RunPlanR
             )
         )
 
-    for target, lane in planned:
-        snapshot = snapshot_node(target.id)
+    def snapshot(of: Target) -> str:
+        node = snapshot_node(of.id)
         prepare(
-            snapshot,
-            f"Snapshot the workspace for {target.id}",
-            {"type": "workspace_snapshot", "excludes": list(target.snapshot_excludes)},
+            node,
+            f"Snapshot the workspace for {of.id}",
+            {"type": "workspace_snapshot", "excludes": list(of.snapshot_excludes)},
             [],
         )
+        return node
+
+    for target, lane in planned:
+        owner = owners.get(target.payloads.id) if target.payloads else None
+        snapshot(target)
         if target.payloads is not None:
-            previous = snapshot
+            # shared payloads are built from their owner's snapshot (same filter, same content)
+            previous = snapshot(owners.get(target.payloads.id, target))
             for role in PAYLOAD_ROLES:
                 node = build_node(target.payloads.id, role)
                 ref = getattr(target.payloads, role)
@@ -705,7 +738,7 @@ def _plan(record: RunRecord, planned: Sequence[Tuple[Target, Lane]]) -> RunPlanR
                 executor=lane.execution.executor,
                 placement=lane.execution.placement,
                 runtime=lane.execution.runtime,
-                depends_on=prepare_nodes(target),
+                depends_on=prepare_nodes(target, owner),
                 execute={
                     "type": "vm_command" if guest else "host_command",
                     "command": lane.command,

@@ -28,6 +28,7 @@ class LaneSpec:
     placement: str = "local"
     runtime: str = "host_process"
     network: bool = False
+    run_as_root: bool = False
 
 
 def render_dodo(lanes: Sequence[LaneSpec], excludes: Optional[Dict[str, List[str]]] = None) -> str:
@@ -218,7 +219,7 @@ def render_staged_dodo(targets: Dict[str, Sequence[LaneSpec]], excludes: Sequenc
             f"        Lane(id={lane.id!r}, command={lane.command!r}, "
             f"execution=Execution({lane.placement!r}, {lane.runtime!r}), "
             f"timeout_secs={lane.timeout_secs!r}, env={lane.env!r}, "
-            f"network={lane.network!r})"
+            f"network={lane.network!r}, run_as_root={lane.run_as_root!r})"
             for lane in lanes
         )
         blocks.append(

@@ -613,7 +613,7 @@ def test_effective_dirs_default_to_the_image_layout():
 
 def test_command_shape_for_each_identity():
     dropping = guest.GuestRequest(2, "cargo test", 600, False)
-    shell = ["timeout", "600s", "bash", "--noprofile", "--norc", "-lc", "cargo test"]
+    shell = ["timeout", "-k", "5s", "600s", "bash", "--noprofile", "--norc", "-lc", "cargo test"]
     assert guest.build_argv(dropping, 0) == ["runuser", "-u", "pikaci", "-m", "--", *shell]
     assert guest.build_argv(dropping, 1000) == shell
     as_root = guest.GuestRequest(2, "cargo test", 600, True)

@@ -32,6 +32,19 @@ echo artifact > "$ARTIFACTS/probe.txt"
 """
 
 
+def build_with_manifest(manifest: str, name: str = "bad-manifest") -> str:
+    """Nix overriding the `build` payload with one whose manifest is exactly `manifest`."""
+    return (
+        f'{{ build = derivation {{ name = "{name}"; system = "x86_64-linux"; '
+        'builder = "/bin/sh"; PATH = "/usr/bin:/bin"; args = [ "-c" '
+        + '"mkdir -p $out/bin $out/share/pikaci && '
+        + "printf '#!/bin/sh\\\\necho ran\\\\n' > $out/bin/run-ok && chmod 555 $out/bin/run-ok && "
+        + "cat > $out/share/pikaci/payload-manifest.json <<'EOF'\\n"
+        + manifest.replace("\\", "\\\\").replace('"', '\\"')
+        + '\\nEOF\\n" ]; }; }'
+    )
+
+
 def sandbox_lane(lane_id: str, wrapper: str, **kwargs) -> LaneSpec:
     return LaneSpec(lane_id, f"{BUILD_ROOT}/bin/{wrapper}", runtime="bubblewrap", **kwargs)
 
@@ -150,13 +163,7 @@ def test_two_targets_sharing_a_payload_build_it_once(make_staged_project, nix_co
     ],
 )
 def test_bad_manifest_fails_the_build_and_mounts_nothing(make_staged_project, manifest, expected):
-    bad_build = (
-        '{ build = derivation { name = "bad-manifest"; system = "x86_64-linux"; '
-        'builder = "/bin/sh"; PATH = "/usr/bin:/bin"; args = [ "-c" '
-        + "\"mkdir -p $out/share/pikaci && cat > $out/share/pikaci/payload-manifest.json <<'EOF'\\n"
-        + manifest.replace("\\", "\\\\").replace('"', '\\"')
-        + '\\nEOF\\n" ]; }; }'
-    )
+    bad_build = build_with_manifest(manifest)
     project = make_staged_project(
         {"run-ok": "echo should-not-run"},
         {"main": [sandbox_lane("victim", "run-ok")]},
@@ -280,3 +287,130 @@ def test_interrupt_kills_the_sandbox(make_staged_project):
     assert leftovers == []
     (job,) = project.latest_run()["jobs"]  # type: ignore[misc]
     assert job["status"] == "failed" and job["message"].startswith("interrupted by SIGINT")
+
+
+def test_collect_never_follows_what_the_lane_left_behind(make_staged_project, tmp_path):
+    secret_dir = tmp_path / "host-only"
+    secret_dir.mkdir()
+    (secret_dir / "secret.txt").write_text("HOST-ONLY-SECRET\n")
+    victim = secret_dir / "victim.txt"
+    victim.write_text("untouched\n")
+    attack = f"""
+ln -s {secret_dir}/secret.txt "$ARTIFACTS/leak.txt"
+ln -s {victim} "$ARTIFACTS/status.json"
+mkdir "$ARTIFACTS/sub" && ln -s {secret_dir} "$ARTIFACTS/sub/dir"
+echo kept > "$ARTIFACTS/sub/real.txt"
+rm -f /run/pika-cloud/logs/guest.log && ln -s {secret_dir}/secret.txt /run/pika-cloud/logs/guest.log
+"""
+    project = make_staged_project(
+        {"run-attack": attack}, {"main": [sandbox_lane("evil", "run-attack")]}
+    )
+    project.doit("run", "lane:evil")
+    (job,) = project.latest_run()["jobs"]  # type: ignore[misc]
+    artifacts = Path(job["artifacts_dir"])
+    assert victim.read_text() == "untouched\n"
+    everything = list(artifacts.rglob("*"))
+    assert not any(p.is_symlink() for p in everything), everything
+    for path in everything:
+        if path.is_file():
+            assert "HOST-ONLY-SECRET" not in path.read_text(errors="replace"), path
+    assert (artifacts / "sub" / "real.txt").read_text() == "kept\n"
+    assert "collect: skipped" in Path(job["host_log_path"]).read_text()
+
+
+def test_a_lane_cannot_forge_its_verdict(make_staged_project):
+    forge = """
+printf '{"schema_version":1,"status":"completed","exit_code":0,"finished_at":"x","message":"forged"}' > "$ARTIFACTS/result.json"
+trap '' TERM
+exec sleep 1000
+"""
+    project = make_staged_project(
+        {"run-forge": forge}, {"main": [sandbox_lane("forge", "run-forge", timeout_secs=1)]}
+    )
+    started = time.monotonic()
+    result = project.doit("run", "lane:forge")
+    assert time.monotonic() - started < 25  # the runner's kill-after, not the host's grace
+    assert result.returncode == 1
+    (job,) = project.latest_run()["jobs"]  # type: ignore[misc]
+    assert job["status"] == "failed"
+    assert job["message"] != "forged"
+    result_file = orjson.loads((Path(job["artifacts_dir"]) / "result.json").read_bytes())
+    assert result_file["message"] != "forged"
+    host_log = Path(job["host_log_path"]).read_text()
+    assert "collect: skipped artifact `result.json`: the name is the runner's" in host_log
+
+
+def test_lane_env_root_home_and_localhost_in_the_sandbox(make_staged_project):
+    probe = """
+echo "FOO=${FOO:-unset}"
+echo "home=$HOME uid=$(id -u)"
+touch "$HOME/.probe" && echo "home writable"
+python3 -c 'import socket; print("localhost resolves to", socket.getaddrinfo("localhost", 80)[0][4][0])'
+"""
+    project = make_staged_project(
+        {"run-env": probe},
+        {
+            "main": [
+                sandbox_lane("env", "run-env", env={"FOO": "bar"}),
+                sandbox_lane("root", "run-env", run_as_root=True),
+            ]
+        },
+    )
+    result = project.doit("run", "--continue", "target:main")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[env] FOO=bar" in result.stdout
+    assert "[env] home=/home/pikaci uid=1000" in result.stdout
+    assert "[root] home=/root uid=0" in result.stdout
+    assert result.stdout.count("home writable") == 2
+    assert "[env] localhost resolves to" in result.stdout
+
+
+def test_a_payload_may_not_mount_over_the_guest_layout(make_staged_project):
+    manifest = (
+        '{"schema_version":1,"kind":"k","entrypoints":[{"name":"run-ok","relative_path":"bin/run-ok"}],'
+        '"mounts":[{"name":"sneaky","relative_path":".","guest_path":"/run/pika-cloud",'
+        '"read_only":true}]}'
+    )
+    project = make_staged_project(
+        {"run-ok": "true"},
+        {"main": [LaneSpec("x", "/run/pika-cloud/bin/run-ok", runtime="bubblewrap")]},
+        extra_nix=build_with_manifest(manifest, "reserved-mount"),
+    )
+    result = project.doit("run", "lane:x")
+    assert result.returncode != 0
+    (job,) = project.latest_run()["jobs"]  # type: ignore[misc]
+    assert job["status"] == "failed"
+    assert "collides with the guest layout (/run)" in job["message"]
+    assert "sandbox command" not in Path(job["host_log_path"]).read_text()
+
+
+def test_realized_outputs_are_recorded_even_when_a_later_build_fails(make_staged_project):
+    failing = (
+        '{ build = derivation { name = "fails"; system = "x86_64-linux"; builder = "/bin/sh"; '
+        'PATH = "/usr/bin:/bin"; args = [ "-c" "echo compiling; echo boom-last-words; exit 3" ]; }; }'
+    )
+    project = make_staged_project(
+        {"run-ok": "true"}, {"main": [sandbox_lane("x", "run-ok")]}, extra_nix=failing
+    )
+    result = project.doit("run", "lane:x")
+    assert result.returncode != 0
+    record = project.latest_run()
+    prepared = orjson.loads(Path(str(record["prepared_outputs_path"])).read_bytes())
+    assert [o["node_id"] for o in prepared["outputs"]] == ["prepare-shared-workspace-deps"]
+    (job,) = record["jobs"]  # type: ignore[misc]
+    assert "boom-last-words" in job["message"]  # the builder's own last line, in one line
+
+
+def test_plan_of_a_shared_payload_names_the_snapshot_it_is_built_from(make_staged_project):
+    project = make_staged_project(
+        {"run-ok": "true"},
+        {"alpha": [sandbox_lane("a", "run-ok")], "beta": [sandbox_lane("b", "run-ok")]},
+    )
+    assert project.doit("run", "target:beta").returncode == 0
+    record = project.latest_run()
+    plan = orjson.loads(Path(str(record["plan_path"])).read_bytes())
+    nodes = {node["id"]: node for node in plan["nodes"]}
+    assert nodes["prepare-shared-workspace-deps"]["depends_on"] == ["snapshot-alpha"]
+    assert "snapshot-beta" in nodes["execute-b"]["depends_on"]
+    timed = {t["node_id"] for t in record["prepare_timings"]}  # type: ignore[union-attr]
+    assert timed <= set(nodes)

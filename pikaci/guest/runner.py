@@ -35,6 +35,7 @@ from typing import IO, Any, BinaryIO, Dict, List, Mapping, Optional, Sequence, S
 
 # -- contract constants --------------------------------------------------------------------
 
+KILL_AFTER_SECS = 5  # grace between the deadline's SIGTERM and SIGKILL
 REQUEST_SCHEMA_VERSION = 2
 LIFECYCLE_SCHEMA_VERSION = 1
 DEFAULT_RUN_DIR = "/run/pika-cloud"
@@ -285,9 +286,12 @@ def command_runs_as_root(request: GuestRequest, euid: int) -> bool:
 
 
 def build_argv(request: GuestRequest, euid: int) -> List[str]:
-    """`timeout <N>s bash --noprofile --norc -lc <command>`, behind runuser when root drops."""
+    """`timeout -k 5s <N>s bash --noprofile --norc -lc <command>`, behind runuser when root
+    drops; `-k` SIGKILLs a command that ignores the SIGTERM sent at the deadline."""
     argv = [
         "timeout",
+        "-k",
+        f"{KILL_AFTER_SECS}s",
         f"{request.timeout_secs}s",
         "bash",
         "--noprofile",
@@ -295,9 +299,9 @@ def build_argv(request: GuestRequest, euid: int) -> List[str]:
         "-lc",
         request.command,
     ]
-    if euid == 0 and not command_runs_as_root(request, euid):
+    as_root = command_runs_as_root(request, euid)  # refuses run_as_root without root
+    if euid == 0 and not as_root:
         return ["runuser", "-u", GUEST_USER, "-m", "--", *argv]
-    command_runs_as_root(request, euid)  # refuses run_as_root without root
     return argv
 
 

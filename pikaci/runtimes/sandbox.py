@@ -20,11 +20,12 @@ import contextlib
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import IO, List, Optional, Sequence, Tuple
+from typing import IO, Callable, List, Optional, Sequence, Tuple
 
 from pikaci.guest import runner as guest
 from pikaci.model import RecordError, TerminalResult
@@ -39,6 +40,28 @@ GUEST_WORKSPACE = "/workspace/snapshot"
 RUNNER_NAME = "pikaci-incus-run"
 # the runner enforces the lane timeout itself; the host waits this much longer before killing
 HOST_TIMEOUT_GRACE_SECS = 30
+PROFILE_VERSION = 2  # bump when the generated profile's contents change
+HOST_VERDICT = "host-verdict"  # marker: the host decided the outcome (timeout, no result)
+# guest paths of the layout itself: a payload mount may not cover, replace or sit inside them
+RESERVED_GUEST_PATHS = (
+    "/proc",
+    "/dev",
+    "/etc",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/tmp",
+    "/root",
+    "/home",
+    "/cargo-home",
+    "/cargo-target",
+    "/run",
+    GUEST_WORKSPACE,
+)
 # host directories a guest system needs, bound read-only (or recreated as the same symlink)
 _SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
 _ETC_FILES = ("ssl", "ca-certificates", "alternatives", "ld.so.cache", "localtime")
@@ -77,6 +100,7 @@ class BubblewrapRuntime:
             mounts=mounts,
             run_as_root=ctx.lane.run_as_root,
             network=ctx.lane.network,
+            env=sorted(ctx.lane.env.items()),
         )
         ctx.host_log.note(f"sandbox command: {argv!r}")
         for source, target in mounts:
@@ -86,8 +110,9 @@ class BubblewrapRuntime:
 
     def collect(self, ctx: JobContext, outcome: Outcome) -> Outcome:
         run_dir = _runtime_dir(ctx)
+        host_verdict = (run_dir.parent / HOST_VERDICT).exists()
         try:
-            _collect(run_dir, ctx.artifacts_dir)
+            _collect(run_dir, ctx.artifacts_dir, ctx.host_log.note, keep_result=host_verdict)
         finally:
             shutil.rmtree(run_dir.parent, ignore_errors=True)
         try:
@@ -113,6 +138,12 @@ def payload_mounts(ctx: JobContext) -> List[Tuple[Path, str]]:
         except ManifestError as exc:
             raise SandboxError(str(exc)) from None
         for item in sources:
+            clash = _reserved_clash(item.mount.guest_path)
+            if clash is not None:
+                raise SandboxError(
+                    f"{output.label}: mount `{item.mount.name}` guest path "
+                    f"{item.mount.guest_path} collides with the guest layout ({clash})"
+                )
             if item.mount.guest_path in seen:
                 raise SandboxError(
                     f"{output.label}: mount `{item.mount.name}` reuses guest path "
@@ -123,6 +154,17 @@ def payload_mounts(ctx: JobContext) -> List[Tuple[Path, str]]:
     return mounts
 
 
+def _reserved_clash(guest_path: str) -> Optional[str]:
+    for reserved in RESERVED_GUEST_PATHS:
+        if (
+            guest_path == reserved
+            or guest_path.startswith(reserved + "/")
+            or reserved.startswith(guest_path + "/")
+        ):
+            return reserved
+    return None
+
+
 def bwrap_command(
     *,
     system: Path,
@@ -131,6 +173,7 @@ def bwrap_command(
     mounts: Sequence[Tuple[Path, str]],
     run_as_root: bool,
     network: bool,
+    env: Sequence[Tuple[str, str]] = (),
 ) -> List[str]:
     """The full bubblewrap invocation (pure: tests pin its shape)."""
     uid, gid = (0, 0) if run_as_root else (guest.GUEST_UID, guest.GUEST_GID)
@@ -147,10 +190,11 @@ def bwrap_command(
         "--clearenv",
         "--setenv",
         "PATH",
-        f"{GUEST_SW}/bin",
+        "/usr/local/bin:/usr/bin:/bin",  # the runner puts the system profile first
         "--setenv",
         "LANG",
         "C.UTF-8",
+        *[arg for name, value in env for arg in ("--setenv", name, value)],
         "--proc",
         "/proc",
         "--dev",
@@ -172,6 +216,8 @@ def bwrap_command(
     if network:
         argv += ["--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]
         argv += ["--ro-bind-try", "/etc/hosts", "/etc/hosts"]
+    else:
+        argv += ["--ro-bind", str(system / "etc" / "hosts"), "/etc/hosts"]  # localhost resolves
     argv += [
         "--tmpfs",
         "/run",
@@ -185,6 +231,8 @@ def bwrap_command(
         "/home",
         "--dir",
         "/home/pikaci",
+        "--dir",
+        "/root",
         "--tmpfs",
         "/cargo-home",
         "--tmpfs",
@@ -222,7 +270,8 @@ def prepare_system_profile(root: Path) -> Path:
         if directory.is_dir()
         for entry in os.scandir(directory)
     )
-    digest = hashlib.sha256(runner_source + repr(tools).encode()).hexdigest()[:16]
+    layout = f"profile-v{PROFILE_VERSION}:{tools!r}".encode()
+    digest = hashlib.sha256(runner_source + layout).hexdigest()[:16]
     target = root / f"sw-{digest}"
     if (target / "bin" / RUNNER_NAME).is_file():
         return target
@@ -247,6 +296,9 @@ def prepare_system_profile(root: Path) -> Path:
             f"{guest.GUEST_USER}:x:{guest.GUEST_UID}:{guest.GUEST_GID}:pikaci:/home/pikaci:"
             "/run/current-system/sw/bin/bash\n"
             "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+        )
+        (staging / "etc" / "hosts").write_text(
+            "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"
         )
         (staging / "etc" / "group").write_text(
             f"root:x:0:\nusers:x:{guest.GUEST_GID}:{guest.GUEST_USER}\nnogroup:x:65534:\n"
@@ -304,6 +356,7 @@ def _outcome(ctx: JobContext, run_dir: Path, code: Optional[int], timed_out: boo
     if timed_out:
         outcome = Outcome.failure(f"timed out after {ctx.lane.timeout_secs}s", exit_code=124)
         write_result(ctx, outcome)
+        (run_dir.parent / HOST_VERDICT).touch()  # nothing from the sandbox overrides it
         return outcome
     path = run_dir / "result.json"
     try:
@@ -311,25 +364,63 @@ def _outcome(ctx: JobContext, run_dir: Path, code: Optional[int], timed_out: boo
     except (FileNotFoundError, RecordError) as exc:
         outcome = Outcome.failure(f"guest runner left no usable result (exit {code}): {exc}", code)
         write_result(ctx, outcome)
+        (run_dir.parent / HOST_VERDICT).touch()
         return outcome
     return Outcome.from_result(result)
 
 
-def _collect(run_dir: Path, artifacts: Path) -> None:
-    """The runner's files into the job's artifacts: the lane's own files, then the lifecycle."""
+# the runner's files; a lane's own artifacts never take these names
+LIFECYCLE_FILES = {
+    "guest.log": ("logs", "guest.log"),
+    "events.jsonl": ("events.jsonl",),
+    "status.json": ("status.json",),
+    "result.json": ("result.json",),
+}
+
+
+def _collect(run_dir: Path, artifacts: Path, log: Callable[[str], None], keep_result: bool) -> None:
+    """The runner's files into the job's artifacts: the lane's own files, then the lifecycle.
+
+    Everything under `run_dir` was writable from inside the sandbox, so nothing here follows a
+    symlink or writes through one: only regular files and directories are copied (others are
+    reported), and destinations are replaced, never opened in place. `keep_result` keeps the
+    host's own result.json (a host-side timeout) over anything found in the sandbox.
+    """
     lane_artifacts = run_dir / "artifacts"
-    if lane_artifacts.is_dir():
-        for entry in lane_artifacts.iterdir():
-            destination = artifacts / entry.name
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.copytree(entry, destination, symlinks=True, dirs_exist_ok=True)
-            else:
-                shutil.copy2(entry, destination, follow_symlinks=False)
-    for name, source in (
-        ("guest.log", run_dir / "logs" / "guest.log"),
-        ("events.jsonl", run_dir / "events.jsonl"),
-        ("status.json", run_dir / "status.json"),
-        ("result.json", run_dir / "result.json"),
-    ):
-        if source.is_file():
-            shutil.copyfile(source, artifacts / name)
+    if _is_real_dir(lane_artifacts):
+        for entry in sorted(lane_artifacts.iterdir()):
+            if entry.name in LIFECYCLE_FILES:
+                log(f"collect: skipped artifact `{entry.name}`: the name is the runner's")
+                continue
+            _copy_safely(entry, artifacts / entry.name, log)
+    for name, parts in LIFECYCLE_FILES.items():
+        if name == "result.json" and keep_result:
+            continue
+        source = run_dir.joinpath(*parts)
+        if os.path.lexists(source):
+            _copy_safely(source, artifacts / name, log)
+
+
+def _is_real_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def _copy_safely(source: Path, destination: Path, log: Callable[[str], None]) -> None:
+    if _is_real_dir(source):
+        destination.mkdir(exist_ok=True)
+        for entry in sorted(source.iterdir()):
+            _copy_safely(entry, destination / entry.name, log)
+        return
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        log(f"collect: skipped `{source.name}`: not a regular file (symlinks are not followed)")
+        return
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            log(f"collect: skipped `{source.name}`: not a regular file")
+            return
+        if os.path.lexists(destination) and not _is_real_dir(destination):
+            destination.unlink()  # never write through whatever is there
+        with open(destination, "xb") as out:
+            shutil.copyfileobj(handle, out)
