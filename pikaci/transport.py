@@ -15,29 +15,44 @@ which nothing else writes to. That marker tells the two failure classes apart:
 - no marker and ssh exit 255 (or ssh killed by a signal): the connection failed; the command is
   retried with exponential backoff, then `TransportError`.
 
-Remote bounds. With `timeout_secs` the command runs under `timeout -s TERM -k 5` on the builder.
-Independently, nothing may outlive the connection: ssh gives a remote command no signal when the
-client dies, so the wrapper watches its stdin instead.
+Remote bounds. The command always runs under `timeout -s TERM -k 5 <timeout_secs or 0>` on the
+builder (0: no limit; the `-k` still turns an ignored TERM into KILL), and with `timeout_secs` ssh
+is also stopped locally if no answer comes well after that. Independently, nothing may
+outlive the connection: ssh gives a remote command no signal when the client dies, so the
+wrapper watches its stdin instead.
 
 Watchdog and stdin. The local side frames stdin: chunks as `<length>\\n<bytes>`, then `0\\n`,
-then it keeps the pipe open until ssh exits. On the builder a decoder (`read` for the header,
-`head -c` for the bytes) feeds the payload to the command and closes the command's stdin at the
-terminator, then keeps reading; end of file at any point means the local ssh or the connection
-is gone, and the decoder signals the wrapper (SIGHUP), which kills the command's process group
-(TERM, KILL 5 s later). A payload cut short is therefore never mistaken for a complete one. The
-command runs in its own session (`setsid`), so the group holds everything it started; after a
-normal exit the wrapper sweeps that group too. A forwarder between decoder and command drains the
-payload when the command stops reading, so the framing never loses sync.
+and keeps the pipe open until it has read the exit marker (or ssh has exited). On the builder the
+wrapper (in a process group of its own) connects the command through two FIFOs in a
+`mktemp -d` dir:
+
+- a decoder reads the ssh stdin (`read` for a header, `head -c` for the bytes); at the
+  terminator it closes its output, so the command sees end of file, then keeps reading;
+- a forwarder passes the payload into the command's stdin FIFO and drains it when the command
+  stops reading, so the framing never loses sync;
+- the command runs in its own session (`setsid`) with stdout and stderr into the output FIFO;
+- a relay copies that FIFO to the ssh stdout and drains it once the connection is gone, so the
+  command's own cleanup (traps, "Terminated" messages) is never cut short by SIGPIPE.
+
+End of file on the ssh stdin before the wrapper is done means the local ssh or the connection is
+gone: the decoder sends SIGHUP to the wrapper, which kills the command's process group (TERM;
+`timeout -k` and a sweep follow with KILL after 5 s). On a cut-short payload the decoder holds
+its output open meanwhile, so the command is killed without ever seeing end of file: a partial
+payload never passes for a complete one. After a normal exit the wrapper sweeps the command's
+process group, waits for the relay, prints the marker and kills its own helpers. Nothing
+outlives the connection.
 
 A stdin stream is replayed on retry only while nothing of it has been read: a connection lost
 mid-stream raises `StreamInterrupted` and the caller restarts the stream (see remote.py).
-Builders need POSIX sh, coreutils (`timeout`, `head -c`) and util-linux (`setsid`).
+Builders need POSIX sh, coreutils (`timeout`, `head -c`, `mktemp`, `mkfifo`) and util-linux
+(`setsid`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import shlex
+import signal
 import subprocess
 import threading
 import time
@@ -73,7 +88,11 @@ _READER_JOIN_SECS = 10.0
 _WRAPPER = f"""\
 set -u
 exec 3<&0 </dev/null
-job=
+dir=$(mktemp -d "${{TMPDIR:-/tmp}}/pikaci-run.XXXXXX")
+trap 'rm -rf "$dir"' EXIT
+mkfifo "$dir/in" "$dir/out"
+pid=
+lost=0
 decode() {{
   while IFS= read -r n; do
     case $n in
@@ -84,39 +103,54 @@ decode() {{
   done
   return 1
 }}
-lost() {{
-  trap '' HUP
-  if [ -n "$job" ]; then
-    kill -TERM -"$job" 2>/dev/null
-    (sleep {KILL_GRACE_SECS}; kill -KILL -"$job") >/dev/null 2>&1 &
-  fi
-  exit 129
-}}
-trap lost HUP
-if [ -n "$1" ]; then
-  set -- timeout -s TERM -k {KILL_GRACE_SECS} "$1" sh -c "$2"
-else
-  set -- sh -c "$2"
-fi
-{{ if decode; then exec >/dev/null; cat >/dev/null; fi; kill -HUP $$; }} <&3 2>/dev/null 3<&- |
-  {{ cat || cat >/dev/null; }} 2>/dev/null 3<&- |
-  setsid "$@" 2>&1 3<&- &
-job=$!
-exec 3<&-
-wait "$job"
-rc=$?
-trap '' HUP TERM
-kill -TERM 0 2>/dev/null
-if kill -TERM -"$job" 2>/dev/null; then
+sweep() {{
+  kill -TERM -"$pid" 2>/dev/null || return 0
   n=0
-  while [ "$n" -lt {KILL_GRACE_SECS * 2} ] && kill -0 -"$job" 2>/dev/null; do
-    sleep 0.5
+  while [ "$n" -lt {KILL_GRACE_SECS * 10} ] && kill -0 -"$pid" 2>/dev/null; do
+    sleep 0.1
     n=$((n + 1))
   done
-  kill -KILL -"$job" 2>/dev/null
-fi
+  kill -KILL -"$pid" 2>/dev/null
+}}
+finish() {{
+  trap '' HUP TERM
+  kill -TERM 0 2>/dev/null
+  exit "$1"
+}}
+stop() {{
+  lost=1
+  [ -n "$pid" ] || return 0
+  kill -TERM -"$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
+  wait "$pid"
+  sweep
+  finish 129
+}}
+trap stop HUP
+set -- timeout -s TERM -k {KILL_GRACE_SECS} "${{1:-0}}" sh -c "$2"
+{{
+  if decode; then
+    exec >/dev/null
+    cat >/dev/null
+    kill -HUP $$
+  else
+    kill -HUP $$
+    exec sleep 86400
+  fi
+}} <&3 3<&- 2>/dev/null | {{ cat || cat >/dev/null; }} >"$dir/in" 2>/dev/null &
+{{ cat || cat >/dev/null; }} <"$dir/out" 3<&- 2>/dev/null &
+relay=$!
+setsid "$@" <"$dir/in" >"$dir/out" 2>&1 3<&- &
+pid=$!
+exec 3<&-
+trap '' PIPE
+[ "$lost" = 0 ] || stop
+wait "$pid"
+rc=$?
+trap '' HUP
+sweep
+wait "$relay"
 printf '%s%d\\n' '{EXIT_MARKER}' "$rc" >&2
-exit "$rc"
+finish "$rc"
 """
 
 
@@ -198,10 +232,18 @@ class _Payload:
         read = getattr(self.data, "read1", self.data.read)
         while True:
             self.touched = True
-            chunk = read(CHUNK)
+            # full frames: every frame costs the builder a `head` process
+            chunk = bytearray()
+            while len(chunk) < CHUNK:
+                data = read(CHUNK - len(chunk))
+                if not data:
+                    break
+                chunk += data
             if not chunk:
                 return
-            yield chunk
+            yield bytes(chunk)
+            if len(chunk) < CHUNK:
+                return
 
 
 @dataclass
@@ -283,7 +325,8 @@ class Transport:
                 continue
             return _result(label, outcome, timeout_secs, check)
         raise TransportError(
-            f"{label}: cannot reach {self.builder.host} after {attempts} attempt(s): {reason}"
+            f"{label}: connection to {self.builder.host} failed "
+            f"after {attempts} attempt(s): {reason}"
         )
 
     def check_master(self) -> bool:
@@ -384,7 +427,7 @@ class Transport:
         finished = threading.Event()
         threads = [
             threading.Thread(target=_read_lines, args=(proc, outcome, on_line), daemon=True),
-            threading.Thread(target=_read_diagnostics, args=(proc, outcome), daemon=True),
+            threading.Thread(target=_read_diagnostics, args=(proc, outcome, finished), daemon=True),
         ]
         feeder = threading.Thread(
             target=_feed, args=(proc, payload, outcome, finished), daemon=True
@@ -463,7 +506,7 @@ def _feed(
     outcome: _Attempt,
     finished: threading.Event,
 ) -> None:
-    """Send the framed payload, then hold stdin open until ssh is done (the watchdog's line).
+    """Send the framed payload, then hold stdin open until the exit marker (the watchdog's line).
 
     A failing source closes stdin without the terminator: the builder then kills the command.
     """
@@ -481,7 +524,8 @@ def _feed(
                 _write_all(pipe, b"0\n")
                 finished.wait()
                 return
-            _write_all(pipe, b"%d\n" % len(chunk) + chunk)
+            _write_all(pipe, b"%d\n" % len(chunk))
+            _write_all(pipe, chunk)
             outcome.sent += len(chunk)
     except (OSError, ValueError):
         return  # ssh is gone: the outcome comes from its exit status
@@ -514,7 +558,9 @@ def _read_lines(
     stream.close()
 
 
-def _read_diagnostics(proc: subprocess.Popen[bytes], outcome: _Attempt) -> None:
+def _read_diagnostics(
+    proc: subprocess.Popen[bytes], outcome: _Attempt, finished: threading.Event
+) -> None:
     stream = proc.stderr
     assert stream is not None
     for raw in iter(stream.readline, b""):
@@ -522,6 +568,7 @@ def _read_diagnostics(proc: subprocess.Popen[bytes], outcome: _Attempt) -> None:
         code = line[len(EXIT_MARKER) :] if line.startswith(EXIT_MARKER) else ""
         if code.isdigit():
             outcome.exit_code = int(code)
+            finished.set()  # the feeder closes stdin: the builder's decoder may end now
         elif line.strip():
             outcome.diagnostics.append(line.strip())
     stream.close()
@@ -534,7 +581,12 @@ def _classify(label: str, outcome: _Attempt) -> _Attempt:
     if outcome.exit_code is not None:
         return outcome
     code = outcome.ssh_code
-    reason = outcome.diagnostics[-1] if outcome.diagnostics else f"ssh exited with {code}"
+    if outcome.diagnostics:
+        reason = outcome.diagnostics[-1][:200]
+    elif code is not None and code < 0:
+        reason = f"ssh was killed by {_signal_name(-code)}"
+    else:
+        reason = f"ssh exited with {code}"
     if code is not None and (code == SSH_FAILED or code < 0):
         raise _ConnectionLost(reason)
     raise TransportError(f"{label}: the remote wrapper ended without an exit status: {reason}")
@@ -550,6 +602,13 @@ def _result(
         timed_out = timeout_secs is not None and outcome.exit_code in (124, 137)
         raise RemoteCommandError(label, outcome.exit_code, tail, timed_out)
     return RemoteResult(exit_code=outcome.exit_code, stdout=stdout, stdin_bytes=outcome.sent)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _last_line(text: str) -> str:

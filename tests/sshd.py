@@ -239,6 +239,7 @@ def _start(base: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
 
 @pytest.fixture(scope="session")
 def sshd() -> Iterator[Sshd]:
+    require_component(os.geteuid() == 0, "the sshd fixture needs root (it creates a login user)")
     require_component(
         Path(SSHD).is_file() and shutil.which("ssh") is not None,
         "openssh-server/openssh-client are not installed "
