@@ -46,7 +46,11 @@ EXECUTOR_LABELS: Dict[Tuple[str, str], str] = {
 }
 
 # pairs this version can run; `pikaci.runtimes` dispatches exactly these
-SUPPORTED_EXECUTIONS: Tuple[Tuple[str, str], ...] = (LOCAL_HOST_PROCESS, LOCAL_BUBBLEWRAP)
+SUPPORTED_EXECUTIONS: Tuple[Tuple[str, str], ...] = (
+    LOCAL_HOST_PROCESS,
+    LOCAL_BUBBLEWRAP,
+    REMOTE_SSH_HOST_PROCESS,
+)
 
 DEFAULT_TIMEOUT_SECS = 1800
 

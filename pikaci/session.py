@@ -61,6 +61,7 @@ from pikaci.store import (
     StateRoot,
     write_json,
 )
+from pikaci.transport import Builder
 
 OUTPUT_MODES = ("human", "json", "jsonl")
 ENV_OUTPUT = "PIKACI_OUTPUT"
@@ -74,6 +75,7 @@ class Settings:
     output: str = "human"
     rerun: Optional[RunRecord] = None  # the run being re-executed, with its snapshot
     dep_file: Optional[Path] = None  # defaults to the state root's doit.sqlite3
+    builder: Optional[Builder] = None  # where `remote_ssh` lanes run
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUT_MODES:
@@ -292,6 +294,7 @@ class RunSession:
             console=self.console,
             track_process=lambda pgid: self._track(lane.id, pgid),
             payloads=[StagedOutput.from_values(values) for values in payloads],
+            builder=self.settings.builder,
         )
 
     def payload_log(self, payload_id: str, label: str) -> Callable[[str], None]:

@@ -8,6 +8,7 @@ from typing import Mapping, Optional
 
 from pikaci.session import ENV_OUTPUT, OUTPUT_MODES, Settings
 from pikaci.store import resolve_state_root
+from pikaci.transport import DEFAULT_REMOTE_WORK_DIR, Builder
 
 
 def settings_from_environment(
@@ -26,4 +27,25 @@ def settings_from_environment(
     if mode not in OUTPUT_MODES:
         source = "--output" if output else ENV_OUTPUT
         raise ValueError(f"{source}: invalid output mode {mode!r} (expected human, json or jsonl)")
-    return Settings(source_root=source_root, state_root=state_root, output=mode)
+    return Settings(
+        source_root=source_root,
+        state_root=state_root,
+        output=mode,
+        builder=builder_from_environment(env),
+    )
+
+
+ENV_BUILDER = "PIKACI_BUILDER"
+ENV_BUILDER_SSH_CONFIG = "PIKACI_BUILDER_SSH_CONFIG"
+ENV_BUILDER_WORK_DIR = "PIKACI_BUILDER_WORK_DIR"
+DEFAULT_BUILDER = "pika-build"
+
+
+def builder_from_environment(env: Mapping[str, str]) -> Builder:
+    """The builder `remote_ssh` lanes use: an ssh host (or ssh_config alias), `-F`, work dir."""
+    config = env.get(ENV_BUILDER_SSH_CONFIG, "").strip()
+    return Builder(
+        host=env.get(ENV_BUILDER, "").strip() or DEFAULT_BUILDER,
+        ssh_config=Path(config) if config else None,
+        remote_work_dir=env.get(ENV_BUILDER_WORK_DIR, "").strip() or DEFAULT_REMOTE_WORK_DIR,
+    )

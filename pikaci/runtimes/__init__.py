@@ -4,14 +4,22 @@ from __future__ import annotations
 
 from typing import Callable, Dict, Tuple
 
-from pikaci.catalog import LOCAL_BUBBLEWRAP, LOCAL_HOST_PROCESS, SUPPORTED_EXECUTIONS, Execution
+from pikaci.catalog import (
+    LOCAL_BUBBLEWRAP,
+    LOCAL_HOST_PROCESS,
+    REMOTE_SSH_HOST_PROCESS,
+    SUPPORTED_EXECUTIONS,
+    Execution,
+)
 from pikaci.runtimes.base import LaneRuntime
 from pikaci.runtimes.host import HostProcessRuntime
+from pikaci.runtimes.remote_host import RemoteHostProcessRuntime
 from pikaci.runtimes.sandbox import BubblewrapRuntime
 
 RUNTIME_FACTORIES: Dict[Tuple[str, str], Callable[[], LaneRuntime]] = {
     LOCAL_HOST_PROCESS: HostProcessRuntime,
     LOCAL_BUBBLEWRAP: BubblewrapRuntime,
+    REMOTE_SSH_HOST_PROCESS: RemoteHostProcessRuntime,
 }
 
 assert set(RUNTIME_FACTORIES) == set(SUPPORTED_EXECUTIONS), "catalog and runtimes disagree"

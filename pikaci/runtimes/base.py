@@ -17,6 +17,7 @@ from pikaci.model import (
 )
 from pikaci.payload import PayloadManifest, parse_manifest
 from pikaci.store import GUEST_LOG, HOST_LOG, RESULT_FILE, StateRoot, write_json
+from pikaci.transport import Builder
 
 LOG_PREFIX = "[pikaci] "
 
@@ -97,6 +98,7 @@ class JobContext:
     payloads: Sequence[StagedOutput] = ()
     # the snapshot as the lane sees it (content + executable bits); defaults to content_hash
     snapshot_id: str = ""
+    builder: Optional[Builder] = None  # remote placements: where the lane runs
 
     def __post_init__(self) -> None:
         if not self.snapshot_id:

@@ -1,0 +1,143 @@
+"""`remote_ssh` + `host_process` lanes through doit, against a real sshd on 127.0.0.1."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Dict
+
+import pytest
+
+from tests.conftest import DOIT, LaneSpec, executed_tasks, reused_tasks
+from tests.sshd import Sshd, sshd  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+
+def remote(lane_id: str, command: str, **kwargs) -> LaneSpec:
+    return LaneSpec(lane_id, command, placement="remote_ssh", runtime="host_process", **kwargs)
+
+
+@pytest.fixture
+def builder_env(sshd: Sshd) -> Dict[str, str]:  # noqa: F811
+    return {
+        "PIKACI_BUILDER": sshd.host,
+        "PIKACI_BUILDER_SSH_CONFIG": str(sshd.ssh_config),
+        "PIKACI_BUILDER_WORK_DIR": str(sshd.work_dir()),
+    }
+
+
+def test_remote_lane_runs_on_the_builder_and_its_artifacts_come_back(make_project, builder_env):
+    project = make_project(
+        [
+            remote(
+                "r", 'echo "on $(id -un) in $PWD"; cat src/hello.txt; echo out > "$ARTIFACTS/o.txt"'
+            )
+        ]
+    )
+    first = project.doit("run", "lane:r", env=builder_env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "[r] on pikaci-remote in " in first.stdout
+    assert "[r] hello" in first.stdout
+    record = project.latest_run()
+    (job,) = record["jobs"]  # type: ignore[misc]
+    assert (job["status"], job["executor"]) == ("passed", "remote_ssh_host_process")
+    assert job["message"] == "remote host command passed"
+    assert (Path(job["artifacts_dir"]) / "o.txt").read_text() == "out\n"
+    host_log = Path(job["host_log_path"]).read_text()
+    run_id = str(record["run_id"])
+    work = builder_env["PIKACI_BUILDER_WORK_DIR"]
+    assert f"{work}/runs/{run_id}/jobs/r/workspace" in host_log  # scoped by run and job
+    assert "uploaded" in host_log and "hello" in host_log
+    assert not Path(f"{work}/runs/{run_id}/jobs/r/workspace").exists()  # collected, removed
+    assert Path(f"{work}/runs/{run_id}/jobs/r/artifacts/o.txt").exists()
+
+    again = project.doit("run", "lane:r", env=builder_env)
+    assert executed_tasks(again.stdout) == [] and "execute:r" in reused_tasks(again.stdout)
+
+
+def test_remote_snapshot_is_published_once_for_two_lanes(make_project, builder_env):
+    project = make_project([remote("a", "true"), remote("b", "true")])
+    assert project.doit("run", "target:main", env=builder_env).returncode == 0
+    logs = [Path(j["host_log_path"]).read_text() for j in project.latest_run()["jobs"]]  # type: ignore[union-attr]
+    assert sum("uploaded" in log for log in logs) == 1
+    assert sum("already there" in log for log in logs) == 1
+
+
+@pytest.mark.parametrize(
+    ("command", "timeout", "code", "message"),
+    [
+        ("echo failing; exit 3", 60, 3, "remote host command exited with 3"),
+        ("sleep 60", 1, 124, "timed out after 1s"),
+    ],
+)
+def test_remote_failures_propagate_and_leave_nothing_running(
+    make_project,
+    builder_env,
+    sshd,  # noqa: F811
+    command,
+    timeout,
+    code,
+    message,
+):
+    project = make_project([remote("f", command, timeout_secs=timeout)])
+    result = project.doit("run", "lane:f", env=builder_env)
+    assert result.returncode == 1
+    (job,) = project.latest_run()["jobs"]  # type: ignore[misc]
+    assert (job["status"], job["exit_code"], job["message"]) == ("failed", code, message)
+    deadline = time.monotonic() + 15
+    while any("sleep 60" in p for p in sshd.user_processes()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any("sleep 60" in p for p in sshd.user_processes())
+
+
+def test_interrupting_a_remote_lane_stops_it_on_the_builder(make_project, builder_env, sshd):  # noqa: F811
+    project = make_project([remote("s", "echo started; sleep 300")])
+    proc = subprocess.Popen(
+        [*DOIT, "run", "lane:s"],
+        cwd=project.root,
+        env={**project.env, **builder_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "[s] started" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    deadline = time.monotonic() + 15
+    while any("sleep 300" in p for p in sshd.user_processes()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any("sleep 300" in p for p in sshd.user_processes())
+    (job,) = project.latest_run()["jobs"]  # type: ignore[misc]
+    assert job["status"] == "failed" and job["message"].startswith("interrupted by SIGINT")
+
+
+def test_an_unreachable_builder_is_one_clear_error(make_project, builder_env, tmp_path):
+    # an alias on loopback where nothing listens: no traffic leaves this machine
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        Path(builder_env["PIKACI_BUILDER_SSH_CONFIG"]).read_text()
+        + f"\nHost pikaci-dead-builder\n  HostName 127.0.0.1\n  Port {closed_port}\n"
+    )
+    project = make_project([remote("u", "true")])
+    env = {
+        **builder_env,
+        "PIKACI_BUILDER": "pikaci-dead-builder",
+        "PIKACI_BUILDER_SSH_CONFIG": str(config),
+    }
+    result = project.doit("run", "lane:u", env=env)
+    assert result.returncode != 0
+    (job,) = project.latest_run()["jobs"]  # type: ignore[misc]
+    assert job["status"] == "failed"
+    assert "connection to pikaci-dead-builder failed after 4 attempt(s)" in job["message"]
+    assert "\n" not in job["message"]
