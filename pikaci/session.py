@@ -51,7 +51,7 @@ from pikaci.nodes import (
     snapshot_node,
 )
 from pikaci.runtimes.base import HostLog, JobContext, Outcome, StagedOutput
-from pikaci.runtimes.host import kill_process_group
+from pikaci.runtimes.process import kill_process_group
 from pikaci.store import (
     GUEST_LOG,
     HOST_LOG,

@@ -12,14 +12,13 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
-import threading
 import time
 from pathlib import Path
-from typing import IO, Callable, Dict, Iterator, Optional
+from typing import Dict, Iterator
 
 from pikaci.model import RUN_PASSED, RecordError, TerminalResult
 from pikaci.runtimes.base import JobContext, Outcome, write_result
+from pikaci.runtimes.process import run_streamed
 from pikaci.store import file_lock, read_json_object, write_json
 
 SHELL = ("/bin/bash", "--noprofile", "--norc", "-lc")
@@ -38,7 +37,9 @@ class HostProcessRuntime:
             ctx.host_log.note(f"host-local command: {[*SHELL, lane.command]!r}")
             ctx.host_log.note(f"workspace: {workspace}")
             started = time.monotonic()
-            exit_code, timed_out = _run(ctx, workspace, env)
+            exit_code, timed_out = run_streamed(
+                ctx, [*SHELL, lane.command], lane.timeout_secs, cwd=workspace, env=env
+            )
             elapsed = time.monotonic() - started
         if timed_out:
             outcome = Outcome.failure(f"timed out after {lane.timeout_secs}s", exit_code=124)
@@ -130,67 +131,3 @@ def _environment(ctx: JobContext, scope: Path, workspace: Path) -> Dict[str, str
     )
     env.update(ctx.lane.env)
     return env
-
-
-def _run(ctx: JobContext, workspace: Path, env: Dict[str, str]) -> tuple[Optional[int], bool]:
-    proc = subprocess.Popen(
-        [*SHELL, ctx.lane.command],
-        cwd=workspace,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    ctx.track_process(proc.pid)
-    assert proc.stdout is not None
-    pump = threading.Thread(target=_pump, args=(ctx, proc.stdout), daemon=True)
-    pump.start()
-    timed_out = False
-    try:
-        try:
-            proc.wait(timeout=ctx.lane.timeout_secs)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            ctx.host_log.note(f"timeout after {ctx.lane.timeout_secs}s, killing process group")
-    finally:
-        # also reaps background children the command left behind; they would hold the pipe
-        kill_process_group(proc.pid, reap=proc.poll)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=KILL_GRACE_SECS)
-        ctx.track_process(None)
-        pump.join(timeout=KILL_GRACE_SECS)
-    return proc.returncode, timed_out
-
-
-def _pump(ctx: JobContext, stream: IO[bytes]) -> None:
-    prefix = f"[{ctx.lane.id}] "
-    with open(ctx.host_log_path, "ab", buffering=0) as log:
-        for line in iter(stream.readline, b""):
-            log.write(line)
-            ctx.console(prefix + line.decode("utf-8", "replace").rstrip("\r\n"))
-    stream.close()
-
-
-def kill_process_group(
-    pgid: int, grace: float = KILL_GRACE_SECS, reap: Callable[[], object] = lambda: None
-) -> None:
-    """SIGTERM the group, then SIGKILL whatever is still there after `grace` seconds.
-
-    `reap` collects our own child (the group leader) so its zombie does not keep the group
-    looking alive.
-    """
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        reap()
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)

@@ -16,22 +16,19 @@ request file as in an Incus guest; its lifecycle files are collected into the jo
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
 import stat
-import subprocess
-import threading
 import time
 from pathlib import Path
-from typing import IO, Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from pikaci.guest import runner as guest
 from pikaci.model import RecordError, TerminalResult
 from pikaci.payload import ManifestError, mount_sources
 from pikaci.runtimes.base import JobContext, Outcome, write_result
-from pikaci.runtimes.host import KILL_GRACE_SECS, kill_process_group
+from pikaci.runtimes.process import run_streamed
 from pikaci.store import file_lock, read_json_object, write_json
 
 BWRAP = "bwrap"
@@ -105,7 +102,12 @@ class BubblewrapRuntime:
         ctx.host_log.note(f"sandbox command: {argv!r}")
         for source, target in mounts:
             ctx.host_log.note(f"payload mount: {target} <- {source} (read-only)")
-        code, timed_out = _run(ctx, argv)
+        started = time.monotonic()
+        # the runner enforces the lane timeout; the host only steps in if it cannot
+        code, timed_out = run_streamed(
+            ctx, argv, ctx.lane.timeout_secs + HOST_TIMEOUT_GRACE_SECS, b"[runner:stdout] "
+        )
+        ctx.host_log.note(f"sandbox exited with {code} after {time.monotonic() - started:.2f}s")
         return _outcome(ctx, run_dir, code, timed_out)
 
     def collect(self, ctx: JobContext, outcome: Outcome) -> Outcome:
@@ -306,50 +308,6 @@ def prepare_system_profile(root: Path) -> Path:
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
     return target
-
-
-def _run(ctx: JobContext, argv: List[str]) -> Tuple[Optional[int], bool]:
-    proc = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    ctx.track_process(proc.pid)
-    assert proc.stdout is not None
-    pump = threading.Thread(target=_pump, args=(ctx, proc.stdout), daemon=True)
-    pump.start()
-    timed_out = False
-    started = time.monotonic()
-    try:
-        try:
-            proc.wait(timeout=ctx.lane.timeout_secs + HOST_TIMEOUT_GRACE_SECS)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            ctx.host_log.note(
-                f"timeout after {ctx.lane.timeout_secs}s (+{HOST_TIMEOUT_GRACE_SECS}s grace), "
-                "killing the sandbox"
-            )
-    finally:
-        kill_process_group(proc.pid, reap=proc.poll)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=KILL_GRACE_SECS)
-        ctx.track_process(None)
-        pump.join(timeout=KILL_GRACE_SECS)
-    ctx.host_log.note(
-        f"sandbox exited with {proc.returncode} after {time.monotonic() - started:.2f}s"
-    )
-    return proc.returncode, timed_out
-
-
-def _pump(ctx: JobContext, stream: IO[bytes]) -> None:
-    prefix = f"[{ctx.lane.id}] "
-    with open(ctx.host_log_path, "ab", buffering=0) as log:
-        for line in iter(stream.readline, b""):
-            log.write(b"[runner:stdout] " + line)
-            ctx.console(prefix + line.decode("utf-8", "replace").rstrip("\r\n"))
-    stream.close()
 
 
 def _outcome(ctx: JobContext, run_dir: Path, code: Optional[int], timed_out: bool) -> Outcome:
