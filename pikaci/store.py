@@ -206,11 +206,8 @@ class RunWriter:
         return RunRecord.from_dict(read_json_object(self.run_path), str(self.run_path))
 
     def update(self, change: Callable[[RunRecord], None]) -> RunRecord:
-        with file_lock(self.run_dir / _UPDATE_LOCK):
-            run = self.read()
-            change(run)
-            write_json(self.run_path, run.to_dict())
-            return run
+        """Read-modify-write `run.json` under the run's lock."""
+        return self.commit([], change)
 
     def write_job(self, job: JobRecord) -> RunRecord:
         """Write `jobs/<id>/status.json` and upsert the job into `run.json`."""

@@ -30,27 +30,25 @@ if ! command -v "$python" >/dev/null 2>&1; then
 elif [ ! -x "$venv/bin/python" ] && ! "$python" -c 'import ensurepip, venv' >/dev/null 2>&1; then
   need_apt+=(python3-venv)
 fi
+# apt_install [--no-install-recommends] PACKAGE...: root only, one line saying what is missing
+apt_install() {
+  local packages=("${@}")
+  [ "${1:-}" = --no-install-recommends ] && packages=("${@:2}")
+  if [ "$(id -u)" -ne 0 ]; then
+    log "missing ${packages[*]}; install them (apt-get install ${packages[*]}) or run as root"
+    exit 1
+  fi
+  log "installing ${packages[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "$@" >/dev/null
+}
+
 if [ "${#need_apt[@]}" -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    log "missing ${need_apt[*]}; install them (apt-get install ${need_apt[*]}) or run as root"
-    exit 1
-  fi
-  log "installing ${need_apt[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  apt_install --no-install-recommends "${need_apt[@]}"
 fi
-if ! command -v nix >/dev/null 2>&1; then
-  if [ "$(id -u)" -ne 0 ]; then
-    log "nix is missing; install it (apt-get install nix-bin) or run as root"
-    exit 1
-  fi
-  log "installing nix-bin"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  # with its recommends: nix-setup-systemd creates the nixbld build users
-  apt-get install -y -qq nix-bin >/dev/null
-fi
+# with its recommends: nix-setup-systemd creates the nixbld build users
+command -v nix >/dev/null 2>&1 || apt_install nix-bin
 
 nix_conf=/etc/nix/nix.conf
 if [ "${PIKACI_NIX_OFFLINE:-1}" = 1 ] && [ "$(id -u)" -eq 0 ] \

@@ -125,6 +125,17 @@ class Project:
         return self.state_root / "runs" / run_id / "jobs" / job_id
 
 
+def new_repository(root: Path, state_root: Path, files: Dict[str, str]) -> Project:
+    """A committed git repository holding `files` plus `src/hello.txt`."""
+    root.mkdir()
+    project = Project(root=root, state_root=state_root)
+    for relpath, content in {**files, "src/hello.txt": "hello\n"}.items():
+        project.write(relpath, content)
+    git(root, "init", "-q", "-b", "main")
+    project.commit("initial")
+    return project
+
+
 def require_component(condition: bool, reason: str) -> None:
     """Skip on a developer machine; in CI (CI=true) a missing real component is a failure."""
     if condition:
@@ -151,14 +162,13 @@ def make_project(tmp_path: Path):  # type: ignore[no-untyped-def]
     def factory(
         lanes: Sequence[LaneSpec], excludes: Optional[Dict[str, List[str]]] = None
     ) -> Project:
-        root = tmp_path / "repo"
-        root.mkdir()
-        project = Project(root=root, state_root=tmp_path / "state")
-        project.write("dodo.py", render_dodo(lanes, excludes))
-        project.write("src/hello.txt", "hello\n")
-        git(root, "init", "-q", "-b", "main")
-        project.commit("initial")
-        return project
+        return new_repository(
+            tmp_path / "repo",
+            tmp_path / "state",
+            {
+                "dodo.py": render_dodo(lanes, excludes),
+            },
+        )
 
     return factory
 
@@ -253,19 +263,18 @@ def make_staged_project(tmp_path: Path):  # type: ignore[no-untyped-def]
         excludes: Sequence[str] = (),
         extra_nix: str = "{ }",
     ) -> Project:
-        root = tmp_path / f"repo{next(counter)}"
-        root.mkdir()
-        project = Project(root=root, state_root=tmp_path / "state")
         # a unique tag keeps these derivations apart from other tests' in the shared store
         tag = f"t{abs(hash(str(tmp_path))) % 10**8}"
-        project.write("flake.nix", render_staged_flake(tag, wrappers, extra_nix))
-        project.write("flake.lock", '{"nodes": {"root": {}}, "root": "root", "version": 7}\n')
-        project.write("nix/ci/lib.nix", (REPO_ROOT / "nix" / "ci" / "lib.nix").read_text())
-        project.write("dodo.py", render_staged_dodo(targets, excludes))
-        project.write("src/hello.txt", "hello\n")
-        git(root, "init", "-q", "-b", "main")
-        project.commit("initial")
-        return project
+        return new_repository(
+            tmp_path / f"repo{next(counter)}",
+            tmp_path / "state",
+            {
+                "flake.nix": render_staged_flake(tag, wrappers, extra_nix),
+                "flake.lock": '{"nodes": {"root": {}}, "root": "root", "version": 7}\n',
+                "nix/ci/lib.nix": (REPO_ROOT / "nix" / "ci" / "lib.nix").read_text(),
+                "dodo.py": render_staged_dodo(targets, excludes),
+            },
+        )
 
     return factory
 

@@ -273,3 +273,19 @@ def sshd() -> Iterator[Sshd]:
         for path in [*server._control_dirs, *server._work_dirs, base]:
             with contextlib.suppress(OSError):
                 shutil.rmtree(path)
+
+
+def local_ssh_children(needle: str) -> List[int]:
+    """Our own ssh client processes whose command line mentions `needle`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == os.getpid() and cmdline.startswith(b"ssh\0") and needle.encode() in cmdline:
+            found.append(int(entry.name))
+    return found

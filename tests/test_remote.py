@@ -32,7 +32,7 @@ from pikaci.remote import (
 from pikaci.snapshot import SNAPSHOT_METADATA_FILE, SnapshotFilter, create_snapshot
 from pikaci.transport import Builder, RemoteCommandError, Transport
 from tests.conftest import REPO_ROOT
-from tests.sshd import Sshd, sshd  # noqa: F401
+from tests.sshd import Sshd, local_ssh_children, sshd  # noqa: F401
 
 RUN_IDS = [f"20260102T0{i}0000Z-0000000{i}" for i in range(10)]
 
@@ -344,7 +344,7 @@ def test_a_connection_killed_mid_upload_is_retried(
     assert wait_for(lambda: len(list(Path(layout.snapshot_root(tree_id)).rglob("f*"))) > 5, 10)
     first_temp = temp_dirs(layout, tree_id)
     assert not dest.exists()
-    victims = ssh_clients_of_this_process("tar -C")
+    victims = local_ssh_children("tar -C")
     assert len(victims) == 1
     os.kill(victims[0], signal.SIGKILL)
     thread.join(60)
@@ -356,21 +356,6 @@ def test_a_connection_killed_mid_upload_is_retried(
     assert any("lost mid-stream" in line for line in log)
     assert any("restarting the upload" in line for line in log)
     assert wait_for(lambda: temp_dirs(layout, tree_id) == [], 5), first_temp
-
-
-def ssh_clients_of_this_process(needle: str) -> List[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == os.getpid() and cmdline.startswith(b"ssh\0") and needle.encode() in cmdline:
-            found.append(int(entry.name))
-    return found
 
 
 # -- leases and GC ----------------------------------------------------------------------------
@@ -477,7 +462,7 @@ def test_a_lease_ends_with_its_connection(
             f"snapshots/{tree_id}",
         ]
         # the orchestrator dies: its ssh clients go, and the builder drops the lease
-        for pid in ssh_clients_of_this_process("pikaci-lease"):
+        for pid in local_ssh_children("pikaci-lease"):
             os.kill(pid, signal.SIGKILL)
         assert wait_for(lambda: not remote_gc(other, layout, 0, 0, log).kept_in_use, 10)
         assert not Path(layout.snapshot_root(tree_id)).exists()

@@ -22,7 +22,7 @@ from pikaci.transport import (
     Transport,
     TransportError,
 )
-from tests.sshd import Sshd, sshd  # noqa: F401
+from tests.sshd import Sshd, local_ssh_children, sshd  # noqa: F401
 
 
 class Recorder:
@@ -87,22 +87,6 @@ def wait_for(condition: Callable[[], bool], timeout: float, step: float = 0.05) 
             return True
         time.sleep(step)
     return condition()
-
-
-def local_ssh_children(needle: str) -> List[int]:
-    """Our own ssh client processes whose command line mentions `needle`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == os.getpid() and cmdline.startswith(b"ssh\0") and needle.encode() in cmdline:
-            found.append(int(entry.name))
-    return found
 
 
 def in_thread(call: Callable[[], object]) -> Tuple[threading.Thread, Dict[str, Any]]:

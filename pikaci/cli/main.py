@@ -16,7 +16,7 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 from pikaci.catalog import Catalog
 from pikaci.cli import inspect
@@ -158,21 +158,27 @@ def _task_names(catalog: Catalog, jobs: Sequence[str]) -> List[str]:
     return names
 
 
-def _run(catalog: Catalog, settings: Settings, tasks: List[str], args: argparse.Namespace) -> int:
+def _drive(catalog: Catalog, settings: Settings, doit_args: List[str]) -> Tuple[int, Any]:
+    """Run doit over the catalog; (doit's exit code, the closed run record or None)."""
     from doit.doit_cmd import DoitMain
 
     from pikaci.graph import CatalogLoader
 
     loader = CatalogLoader(catalog, settings)
+    try:
+        code: int = DoitMain(loader).run(doit_args)
+    finally:
+        final = loader.session.finish()  # no-op when the reporter already closed the run
+    return code, final
+
+
+def _run(catalog: Catalog, settings: Settings, tasks: List[str], args: argparse.Namespace) -> int:
     doit_args = ["run"]
     if args.parallel > 1:
         doit_args += ["-n", str(args.parallel), "-P", "thread"]
     if args.keep_going:
         doit_args.append("--continue")
-    try:
-        code = DoitMain(loader).run(doit_args + tasks)
-    finally:
-        final = loader.session.finish()  # no-op when the reporter already closed the run
+    code, final = _drive(catalog, settings, doit_args + tasks)
     if final is None or code not in (0, 1):
         return 1 if code else 0  # doit itself failed (bad catalog, task error): an error
     return 1 if final.status == RUN_FAILED else 0
@@ -203,16 +209,7 @@ def _rerun(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _doit(args: argparse.Namespace, settings: Settings, doit_args: List[str]) -> int:
-    from doit.doit_cmd import DoitMain
-
-    from pikaci.graph import CatalogLoader
-
-    loader = CatalogLoader(_load_catalog(args.file), settings)
-    try:
-        code: int = DoitMain(loader).run(doit_args)
-    finally:
-        loader.session.finish()
-    return code
+    return _drive(_load_catalog(args.file), settings, doit_args)[0]
 
 
 if __name__ == "__main__":
