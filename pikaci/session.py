@@ -216,10 +216,8 @@ class RunSession:
                 record.snapshot_dir = rerun.snapshot_dir
                 record.content_hash = rerun.content_hash
                 record.git_head, record.git_dirty = rerun.git_head, rerun.git_dirty
-            # the liveness lock comes first, so gc never sees this run without it
             active = contextlib.ExitStack()
-            active.enter_context(writer.active())
-            writer.create(record)
+            active.enter_context(writer.begin(record))
             try:
                 write_json(run_dir / PLAN_FILE, _plan(record, planned, self.owners).to_dict())
                 write_json(run_dir / PREPARED_OUTPUTS_FILE, PreparedOutputsRecord().to_dict())

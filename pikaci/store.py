@@ -52,6 +52,7 @@ RESULT_FILE = "result.json"
 _SNAPSHOT_NAME = re.compile(r"^[0-9a-f]{64}(-[0-9a-f]{16})?$")
 _UPDATE_LOCK = ".lock"
 _ACTIVE_LOCK = ".active"
+_STAGING_PREFIX = ".new-"
 
 
 class StoreError(Exception):
@@ -198,9 +199,33 @@ class RunWriter:
         self.run_path = run_dir / RUN_FILE
 
     def create(self, run: RunRecord) -> None:
-        (self.run_dir / "jobs").mkdir(parents=True, exist_ok=True)
-        with file_lock(self.run_dir / _UPDATE_LOCK):
-            write_json(self.run_path, run.to_dict())
+        """Write `run.json`, creating the run directory complete with it when it is new."""
+        if self.run_dir.is_dir():
+            with file_lock(self.run_dir / _UPDATE_LOCK):
+                write_json(self.run_path, run.to_dict())
+            return
+        with self.begin(run):
+            pass
+
+    @contextlib.contextmanager
+    def begin(self, run: RunRecord) -> Iterator[None]:
+        """Create the run and hold its liveness lock (see `active`) until the context exits.
+
+        The directory is assembled under a dot name and renamed into place, so a reader never
+        sees a run directory without its `run.json` or a live run without its lock, even when
+        the orchestrator is killed halfway.
+        """
+        staging = self.run_dir.with_name(f"{_STAGING_PREFIX}{self.run_dir.name}-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        (staging / "jobs").mkdir(parents=True)
+        try:
+            # the lock follows the inode through the rename
+            with file_lock(staging / _ACTIVE_LOCK):
+                write_json(staging / RUN_FILE, run.to_dict())
+                staging.rename(self.run_dir)
+                yield
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # only left when the rename never happened
 
     def read(self) -> RunRecord:
         return RunRecord.from_dict(read_json_object(self.run_path), str(self.run_path))
@@ -398,6 +423,7 @@ def gc_runs(state: StateRoot, keep_runs: int) -> GcReport:
         )
     except FileNotFoundError:
         names = []
+    _remove_abandoned_staging(state)
     doomed = names[: max(0, len(names) - keep_runs)]
     for name in doomed:
         run_dir = state.runs_dir / name
@@ -408,6 +434,14 @@ def gc_runs(state: StateRoot, keep_runs: int) -> GcReport:
         report.removed_runs.append(name)
     report.removed_snapshots = _gc_snapshots(state)
     return report
+
+
+def _remove_abandoned_staging(state: StateRoot) -> None:
+    """Half-created run directories of orchestrators that died before the rename."""
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(state.runs_dir):
+            if entry.name.startswith(_STAGING_PREFIX) and not run_is_active(Path(entry.path)):
+                shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def _gc_snapshots(state: StateRoot) -> List[str]:

@@ -609,3 +609,23 @@ def test_gc_removes_unreferenced_snapshots_only(state):
     assert (snapshots / by_new / "file").read_text() == by_new
     # the per-target pointers that graph.py maintains are not snapshots
     assert (snapshots / "by-target" / "main").resolve() == (snapshots / by_new).resolve()
+
+
+def test_a_run_appears_complete_with_its_record_and_liveness_lock(state):
+    run_dir = state.runs_dir / RUN_ID
+    with RunWriter(run_dir).begin(run_record(RUN_ID)):
+        assert run_is_active(run_dir)
+        assert [r.run_id for r in list_runs(state).runs] == [RUN_ID]
+        assert [p.name for p in state.runs_dir.iterdir()] == [RUN_ID], "no staging dir left"
+    assert not run_is_active(run_dir)
+
+
+def test_a_run_killed_before_it_appeared_is_invisible_and_gc_removes_it(state):
+    abandoned = state.runs_dir / f".new-{RUN_ID}-4242"
+    (abandoned / "jobs").mkdir(parents=True)
+    put_run(state, run_record(GC_IDS[0]))
+    listing = list_runs(state)
+    assert listing.problems == [] and [r.run_id for r in listing.runs] == [GC_IDS[0]]
+    gc_runs(state, 5)
+    assert not abandoned.exists()
+    assert remaining(state) == [GC_IDS[0]]
