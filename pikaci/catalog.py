@@ -50,9 +50,16 @@ SUPPORTED_EXECUTIONS: Tuple[Tuple[str, str], ...] = (
     LOCAL_HOST_PROCESS,
     LOCAL_BUBBLEWRAP,
     REMOTE_SSH_HOST_PROCESS,
+    REMOTE_SSH_BUBBLEWRAP,
 )
 
 DEFAULT_TIMEOUT_SECS = 1800
+
+# where a target's staged payloads are realized (StagedPayloads.realize)
+REALIZE_LOCAL = "local"  # built here; lanes run here
+REALIZE_ON_BUILDER = "builder"  # `nix build` on the builder against the uploaded snapshot
+REALIZE_COPY = "copy"  # built here, closure copied to the builder with `nix copy`
+REALIZATIONS = (REALIZE_LOCAL, REALIZE_ON_BUILDER, REALIZE_COPY)
 
 
 class CatalogError(ValueError):
@@ -119,6 +126,9 @@ class StagedPayloads:
     id: str
     deps: Installable
     build: Installable
+    # REALIZE_*; None: `local` when the target's lanes run here, `builder` (the upstream
+    # default) when they run on a builder
+    realize: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +139,16 @@ class Target:
     # extra copy-filter entries: a bare name is excluded at any depth, "/path" from the root
     snapshot_excludes: Sequence[str] = ()
     payloads: Optional[StagedPayloads] = None
+
+    @property
+    def remote(self) -> bool:
+        return any(lane.execution.placement == PLACEMENT_REMOTE_SSH for lane in self.lanes)
+
+    @property
+    def realization(self) -> str:
+        """Where the payloads are realized (only meaningful when there are payloads)."""
+        chosen = self.payloads.realize if self.payloads is not None else None
+        return chosen or (REALIZE_ON_BUILDER if self.remote else REALIZE_LOCAL)
 
 
 @dataclass(frozen=True)
@@ -180,6 +200,14 @@ class Catalog:
                         f"and `{target.id}`)"
                     )
                 lane_ids[lane.id] = target.id
+            _check_realization(target, where)
+            staged = target.payloads
+            first = payloads.get(staged.id) if staged is not None else None
+            if staged is not None and first is not None and first.realization != target.realization:
+                raise CatalogError(
+                    f"{where}: shares payloads `{staged.id}` with target `{first.id}` "
+                    f"but realizes them `{target.realization}`, not `{first.realization}`"
+                )
         return self
 
 
@@ -258,7 +286,36 @@ def _check_payloads(target: Target, where: str, seen: Dict[str, Target]) -> None
     ):
         raise CatalogError(
             f"{where}: shares payloads `{staged.id}` with target `{other.id}` but declares "
-            "different installables or snapshot excludes (a shared build needs one snapshot)"
+            "different installables, realization or snapshot excludes "
+            "(a shared build needs one snapshot)"
+        )
+
+
+def _check_realization(target: Target, where: str) -> None:
+    """Payloads live in one store, so a staged target's lanes share one placement."""
+    if target.payloads is None:
+        return
+    realize = target.payloads.realize
+    if realize is not None and realize not in REALIZATIONS:
+        raise CatalogError(
+            f"{where}: field `payloads.realize` must be one of {', '.join(REALIZATIONS)}, "
+            f"got {realize!r}"
+        )
+    placements = sorted({lane.execution.placement for lane in target.lanes})
+    if len(placements) > 1:
+        raise CatalogError(
+            f"{where}: lanes with staged payloads must share one placement, found "
+            f"{' and '.join(placements)} (the payloads live in one Nix store)"
+        )
+    if target.remote and target.realization == REALIZE_LOCAL:
+        raise CatalogError(
+            f"{where}: field `payloads.realize` is `local` but the lanes run on a builder; "
+            f"use `{REALIZE_ON_BUILDER}` or `{REALIZE_COPY}`"
+        )
+    if not target.remote and target.realization != REALIZE_LOCAL:
+        raise CatalogError(
+            f"{where}: field `payloads.realize` is `{target.realization}` but the lanes run "
+            "locally; use `local` or leave it out"
         )
 
 

@@ -27,11 +27,21 @@ from doit.exceptions import InvalidTask, TaskError, TaskFailed
 from doit.loader import generate_tasks
 from doit.task import Task
 
-from pikaci import nix
-from pikaci.catalog import Catalog, CatalogError, Lane, Target
+from pikaci import builder_payloads, nix
+from pikaci.builder_nix import BuilderNixError
+from pikaci.catalog import (
+    REALIZE_COPY,
+    REALIZE_LOCAL,
+    REALIZE_ON_BUILDER,
+    Catalog,
+    CatalogError,
+    Lane,
+    Target,
+)
 from pikaci.model import RUN_PASSED, RunRecord
-from pikaci.nodes import PAYLOAD_ROLES, build_node, build_task
+from pikaci.nodes import PAYLOAD_ROLES, build_node, build_task, upload_task
 from pikaci.payload import ManifestError, mount_sources, read_manifest
+from pikaci.remote import RemoteError
 from pikaci.runtimes import runtime_for
 from pikaci.runtimes.base import Outcome
 from pikaci.session import LaneInputs, RunSession, Settings
@@ -44,6 +54,7 @@ from pikaci.snapshot import (
     read_metadata,
     source_fingerprint,
 )
+from pikaci.transport import RemoteCommandError, TransportError
 
 IDENTITY_VERSION = 1
 TaskDict = Dict[str, Any]
@@ -178,28 +189,95 @@ class LaneUnchanged(UptodateCalculator):  # type: ignore[misc]
         return f"lane_inputs_unchanged({self.lane.id}: {self.reason})"
 
 
+_BUILDER_ERRORS = (TransportError, RemoteCommandError, RemoteError, BuilderNixError, ManifestError)
+
+
+class ClosureOnBuilder(UptodateCalculator):  # type: ignore[misc]
+    """`upload:<payload>` is up to date when the builder has the whole closure of the built
+    outputs: one local closure query, one batched query on the builder."""
+
+    def __init__(self, session: RunSession, target: Target) -> None:
+        super().__init__()
+        self.session = session
+        self.target = target
+        self.reason = "not evaluated"
+
+    def __call__(self, task: Task, values: Dict[str, Any]) -> bool:
+        assert self.target.payloads is not None
+        outputs = [self.get_val(name, "_values_:") or {} for name in payload_tasks(self.target)]
+        paths = [str(item.get("store_path", "")) for item in outputs]
+        if not values or not all(paths) or values.get("paths") != paths:
+            self.reason = "these outputs were never uploaded"
+            return False
+        log = self.session.payload_log(self.target.payloads.id, task.name, echo=False)
+        try:
+            builder = builder_payloads.require_builder(self.session.settings.builder, self.target)
+            lacking = builder_payloads.builder_lacks(
+                builder, nix.closure(paths, log), f"{task.name}: does the builder have it", log
+            )
+        except (*_BUILDER_ERRORS, nix.NixError) as exc:
+            self.reason = f"could not compare with the builder: {exc}"
+            return False
+        if lacking:
+            self.reason = f"the builder lacks {len(lacking)} path(s)"
+            return False
+        self.reason = "the builder has the whole closure"
+        return True
+
+    def __repr__(self) -> str:
+        return f"closure_on_builder({self.target.id}: {self.reason})"
+
+
 class BuildUnchanged(UptodateCalculator):  # type: ignore[misc]
     """Up to date, without running nix, when the build's inputs are the ones that produced the
     recorded output and that store path is still on disk (store paths are immutable; a
     garbage-collected one is gone)."""
 
-    def __init__(self, target: Target, role: str) -> None:
+    def __init__(self, session: RunSession, target: Target, role: str) -> None:
         super().__init__()
+        self.session = session
         self.target = target
         self.role = role
         self.reason = "not evaluated"
 
     def __call__(self, task: Task, values: Dict[str, Any]) -> bool:
-        inputs = build_inputs(self.target, self.role, self.get_val)
+        builder = self.session.settings.builder
+        inputs = build_inputs(self.target, self.role, self.get_val, builder)
         task.value_savers.append(lambda: {"inputs": inputs})  # saved when the build runs
         store_path = values.get("store_path")
         if values.get("inputs") != inputs:
             self.reason = "inputs changed" if values else "never built"
             return False
-        if not isinstance(store_path, str) or not Path(store_path).exists():
+        if not isinstance(store_path, str):
+            self.reason = "no recorded output"
+            return False
+        if self.target.realization == REALIZE_ON_BUILDER:
+            return self._still_on_builder(task.name, store_path)
+        if not Path(store_path).exists():
             self.reason = f"recorded output {store_path} is gone"
             return False
         self.reason = f"built {store_path} from the same inputs"
+        return True
+
+    def _still_on_builder(self, task_name: str, store_path: str) -> bool:
+        assert self.target.payloads is not None
+        builder = self.session.settings.builder
+        log = self.session.payload_log(self.target.payloads.id, task_name, echo=False)
+        try:
+            lacking = builder_payloads.builder_lacks(
+                builder_payloads.require_builder(builder, self.target),
+                [store_path],
+                f"{task_name}: is the output still on the builder",
+                log,
+            )
+        except (TransportError, RemoteCommandError, BuilderNixError) as exc:
+            # the build action meets the same problem and reports it
+            self.reason = f"could not ask the builder: {exc}"
+            return False
+        if lacking:
+            self.reason = f"recorded output {store_path} is gone from the builder"
+            return False
+        self.reason = f"built {store_path} on the builder from the same inputs"
         return True
 
     def __repr__(self) -> str:
@@ -213,9 +291,19 @@ def payload_tasks(target: Target) -> List[str]:
     return [build_task(target.payloads.id, role) for role in PAYLOAD_ROLES]
 
 
-def build_inputs(target: Target, role: str, get_val: Callable[[str, str], Any]) -> str:
+def copy_tasks(target: Target) -> List[str]:
+    """`upload:<payload>` when the target's payloads are copied to the builder."""
+    if target.payloads is None or target.realization != REALIZE_COPY:
+        return []
+    return [upload_task(target.payloads.id)]
+
+
+def build_inputs(
+    target: Target, role: str, get_val: Callable[[str, str], Any], builder: Optional[Any] = None
+) -> str:
     """Digest of what a payload build depends on: the snapshot (nix files and lock files live
-    in it), the installable, and for the build payload the deps output it builds on."""
+    in it), the installable, where it is built, and for the build payload the deps output it
+    builds on."""
     assert target.payloads is not None
     ref = getattr(target.payloads, role)
     snapshot = get_val(f"snapshot:{target.id}", "_values_:") or {}
@@ -227,6 +315,10 @@ def build_inputs(target: Target, role: str, get_val: Callable[[str, str], Any]) 
         # a classic file may import from search paths (<nixpkgs>) outside the snapshot
         "nix_path": os.environ.get("NIX_PATH", "") if ref.file is not None else "",
     }
+    if target.realization != REALIZE_LOCAL:
+        parts["realize"] = target.realization
+    if target.realization == REALIZE_ON_BUILDER and builder is not None:
+        parts["builder"] = f"{builder.host}:{builder.nix_store}"
     if role == "build":
         deps = get_val(build_task(target.payloads.id, "deps"), "_values_:") or {}
         parts["deps"] = deps.get("store_path")
@@ -236,11 +328,14 @@ def build_inputs(target: Target, role: str, get_val: Callable[[str, str], Any]) 
 # -- actions ----------------------------------------------------------------------------------
 
 
+GC_REMOTE_TASK = "gc_remote"  # never a default task: plain `doit` must not delete anything
+
 GROUP_DOCS = {
     "lane": "every lane: `lane:<id>` is one lane's verdict (doit list --all shows them)",
     "target": "every target: `target:<id>` runs the lanes of one target",
     "snapshot": "filtered, content-addressed copies of the workspace, one per target",
     "build": "nix builds of staged payloads: `build:<payload>:deps|build`",
+    "upload": "nix copy of staged payload closures to the builder: `upload:<payload>`",
     "execute": "run lane commands in their runtime",
     "collect": "collect lane logs and artifacts into the run bundle",
 }
@@ -253,10 +348,14 @@ class TaskBuilder:
 
     def tasks(self) -> Iterator[TaskDict]:
         # doc lines of the group tasks `doit list` shows (name=None describes the group)
-        staged = any(target.payloads for target in self.catalog.targets)
+        shown = {
+            "build": any(target.payloads for target in self.catalog.targets),
+            "upload": any(copy_tasks(target) for target in self.catalog.targets),
+        }
         for basename, doc in GROUP_DOCS.items():
-            if basename != "build" or staged:
+            if shown.get(basename, True):
                 yield {"basename": basename, "name": None, "doc": doc}
+        yield self._gc_remote_task()
         built: List[str] = []
         for target in self.catalog.targets:
             yield self._snapshot_task(target)
@@ -272,6 +371,49 @@ class TaskBuilder:
                 "task_dep": [f"lane:{lane.id}" for lane in target.lanes],
                 "actions": None,
             }
+
+    def _gc_remote_task(self) -> TaskDict:
+        """Builder maintenance: in every task list, in no target or lane, run only when named."""
+        from pikaci.cli import remote_gc
+
+        return {
+            "basename": GC_REMOTE_TASK,
+            "doc": "remove old runs and unused snapshots from the builder ($PIKACI_BUILDER); "
+            "--keep-runs N, --keep-snapshots-days D",
+            "params": [
+                {
+                    "name": "keep_runs",
+                    "long": "keep-runs",
+                    "type": int,
+                    "default": remote_gc.DEFAULT_KEEP_RUNS,
+                    "help": remote_gc.KEEP_RUNS_HELP,
+                },
+                {
+                    "name": "keep_snapshots_days",
+                    "long": "keep-snapshots-days",
+                    "type": float,
+                    "default": remote_gc.DEFAULT_KEEP_SNAPSHOTS_DAYS,
+                    "help": remote_gc.KEEP_SNAPSHOTS_DAYS_HELP,
+                },
+            ],
+            "actions": [self._gc_remote],
+            "uptodate": [False],
+            "verbosity": 2,  # the report is the point of running it
+        }
+
+    def _gc_remote(self, keep_runs: int, keep_snapshots_days: float) -> Any:
+        from pikaci.cli import remote_gc
+
+        builder = self.session.settings.builder
+        if builder is None:
+            return TaskError("gc_remote: no builder is configured (set PIKACI_BUILDER)")
+        try:
+            result = remote_gc.collect_garbage(builder, keep_runs, keep_snapshots_days)
+        except (ValueError, *remote_gc.REMOTE_GC_ERRORS) as exc:
+            return TaskError(str(exc))
+        for line in remote_gc.report_lines(result, builder):
+            print(line)
+        return None
 
     def _snapshot_task(self, target: Target) -> TaskDict:
         return {
@@ -297,9 +439,25 @@ class TaskBuilder:
                 "doc": f"nix build of the staged workspace-{role} payload `{target.payloads.id}`",
                 "task_dep": deps,
                 "getargs": {"snapshot": (snapshot_task, None)},
-                "uptodate": [BuildUnchanged(target, role)],
+                "uptodate": [BuildUnchanged(self.session, target, role)],
                 "actions": [(self._build, [target, role])],
             }
+        if target.realization == REALIZE_COPY:
+            yield self._upload_task(target)
+
+    def _upload_task(self, target: Target) -> TaskDict:
+        assert target.payloads is not None
+        payload_id = target.payloads.id
+        builds = [build_task(payload_id, role) for role in PAYLOAD_ROLES]
+        return {
+            "basename": "upload",
+            "name": payload_id,
+            "doc": f"nix copy of payload `{payload_id}`'s closure to the builder",
+            "task_dep": builds,
+            "getargs": {role: (name, None) for role, name in zip(PAYLOAD_ROLES, builds)},
+            "uptodate": [ClosureOnBuilder(self.session, target)],
+            "actions": [(self._upload, [target])],
+        }
 
     def _lane_tasks(self, target: Target, lane: Lane) -> Iterator[TaskDict]:
         snapshot_task = f"snapshot:{target.id}"
@@ -310,7 +468,7 @@ class TaskBuilder:
             "basename": "execute",
             "name": lane.id,
             "doc": f"run the command of lane {lane.id}",
-            "task_dep": [snapshot_task, *payload_tasks(target)],
+            "task_dep": [snapshot_task, *payload_tasks(target), *copy_tasks(target)],
             "getargs": getargs,
             "uptodate": [LaneUnchanged(self.session, target, lane)],
             "actions": [(self._execute, [target, lane])],
@@ -368,6 +526,8 @@ class TaskBuilder:
         ref = getattr(target.payloads, role)
         source = Path(snapshot["snapshot_dir"])
         log = self.session.payload_log(payload_id, task_name)
+        if target.realization == REALIZE_ON_BUILDER:
+            return self._build_on_builder(target, role, snapshot, log)
         try:
             paths = nix.build(nix.BuildRef(ref.attr, ref.file), source, log)
             store_path = paths[0]
@@ -386,8 +546,49 @@ class TaskBuilder:
             "store_path": store_path,
             "manifest": manifest.to_dict(),
         }
+        if target.realization == REALIZE_COPY:
+            values = builder_payloads.mark_for_builder(values)
         self.session.record_realized(values)  # in prepared-outputs.json even if no lane runs
         return values
+
+    def _build_on_builder(
+        self, target: Target, role: str, snapshot: Dict[str, Any], log: Callable[[str], None]
+    ) -> Any:
+        assert target.payloads is not None
+        task_name = build_task(target.payloads.id, role)
+        run = self.session.run
+        try:
+            values = builder_payloads.build_on_builder(
+                builder_payloads.require_builder(self.session.settings.builder, target),
+                target,
+                role,
+                snapshot,
+                run.run_id if run else "",
+                self.session.record_upload,
+                log,
+            )
+        except _BUILDER_ERRORS as exc:
+            log(f"failed: {exc}")
+            # never a silent fallback to building here and copying
+            return TaskError(f"{task_name} (target {target.id}, on the builder): {exc}")
+        self.session.record_realized(values)
+        return values
+
+    def _upload(self, target: Target, deps: Dict[str, Any], build: Dict[str, Any]) -> Any:
+        assert target.payloads is not None
+        payload_id = target.payloads.id
+        log = self.session.payload_log(payload_id, upload_task(payload_id))
+        try:
+            return builder_payloads.upload_payloads(
+                builder_payloads.require_builder(self.session.settings.builder, target),
+                payload_id,
+                [deps, build],
+                self.session.record_upload,
+                log,
+            )
+        except (*_BUILDER_ERRORS, nix.NixError) as exc:
+            log(f"failed: {exc}")
+            return TaskError(f"{upload_task(payload_id)} (target {target.id}): {exc}")
 
     def _execute(
         self, target: Target, lane: Lane, snapshot: Dict[str, Any], **payloads: Any
@@ -535,7 +736,20 @@ class CatalogLoader(TaskLoader2):  # type: ignore[misc]
             "dep_file": str(dep_file),
             "reporter": reporter_for(self.session),
             "par_type": "thread",
+            "default_tasks": self._default_tasks(),
         }
+
+    def _default_tasks(self) -> Optional[List[str]]:
+        """Every task but `gc_remote`, in order: what plain `doit` would otherwise run."""
+        try:
+            dicts = self.task_dicts()
+        except InvalidTask:
+            return None  # loading the tasks reports the problem
+        names = (
+            item["basename"] if item.get("name") is None else f"{item['basename']}:{item['name']}"
+            for item in dicts
+        )
+        return [name for name in names if name != GC_REMOTE_TASK]
 
     def task_dicts(self) -> List[TaskDict]:
         try:

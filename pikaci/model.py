@@ -293,6 +293,20 @@ class PrepareTiming(Record):
 
 
 @dataclass
+class UploadRecord(Record):
+    """One transfer to a builder: a workspace snapshot or a payload closure (an addition)."""
+
+    kind: str = ""  # snapshot | closure
+    builder: str = ""
+    subject: str = ""  # the snapshot's tree id, or the payload node id
+    node_id: Optional[str] = None  # the task that uploaded: `build:…`, `upload:…`, or a lane
+    paths: int = 0  # store paths copied (closures) or 1 for a snapshot tree; 0 = already there
+    bytes: int = 0
+    seconds: float = 0.0
+    skipped: bool = False  # the builder already had everything
+
+
+@dataclass
 class RunRecord(Record):
     run_id: str = ""
     status: str = RUN_RUNNING
@@ -325,6 +339,7 @@ class RunRecord(Record):
     # additions
     content_hash: Optional[str] = None
     orchestrator: str = "pikaci"
+    uploads: List[UploadRecord] = field(default_factory=list)
 
     @classmethod
     def _field_decoders(cls) -> Dict[str, Decoder]:
@@ -333,6 +348,7 @@ class RunRecord(Record):
             "filters": _str_list,
             "prepare_timings": _list_of(PrepareTiming),
             "jobs": _list_of(JobRecord),
+            "uploads": _list_of(UploadRecord),
         }
 
     @classmethod

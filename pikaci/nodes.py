@@ -3,6 +3,7 @@
 snapshot:<target>      -> snapshot-<target>
 build:<payload>:deps   -> prepare-<payload>-workspace-deps
 build:<payload>:build  -> prepare-<payload>-workspace-build
+upload:<payload>       -> prepare-<payload>-upload        (payloads realized `copy`)
 execute:<lane>         -> execute-<lane>
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
-from pikaci.catalog import Catalog, Target
+from pikaci.catalog import REALIZE_COPY, Catalog, Target
 
 PAYLOAD_ROLES = ("deps", "build")
 
@@ -25,6 +26,14 @@ def build_task(payload_id: str, role: str) -> str:
 
 def build_node(payload_id: str, role: str) -> str:
     return f"prepare-{payload_id}-workspace-{role}"
+
+
+def upload_task(payload_id: str) -> str:
+    return f"upload:{payload_id}"
+
+
+def upload_node(payload_id: str) -> str:
+    return f"prepare-{payload_id}-upload"
 
 
 def execute_node(lane_id: str) -> str:
@@ -48,6 +57,8 @@ def prepare_nodes(target: Target, owner: Optional[Target] = None) -> List[str]:
         if owner is not None and owner.id != target.id:
             nodes.append(snapshot_node(owner.id))
         nodes += [build_node(target.payloads.id, role) for role in PAYLOAD_ROLES]
+        if target.realization == REALIZE_COPY:
+            nodes.append(upload_node(target.payloads.id))
     return nodes
 
 
@@ -58,4 +69,6 @@ def node_of_task(task_name: str) -> Optional[str]:
         return snapshot_node(parts[1])
     if len(parts) == 3 and parts[0] == "build" and parts[2] in PAYLOAD_ROLES:
         return build_node(parts[1], parts[2])
+    if len(parts) == 2 and parts[0] == "upload":
+        return upload_node(parts[1])
     return None

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from pikaci.catalog import Catalog, Lane, Target
+from pikaci.catalog import REALIZE_COPY, REALIZE_ON_BUILDER, Catalog, Lane, Target
 from pikaci.gitinfo import GitState, git_state
 from pikaci.model import (
     RUN_FAILED,
@@ -33,6 +33,7 @@ from pikaci.model import (
     PrepareTiming,
     RunPlanRecord,
     RunRecord,
+    UploadRecord,
     dumps_line,
     dumps_pretty,
     duration_ms,
@@ -49,8 +50,16 @@ from pikaci.nodes import (
     payload_owners,
     prepare_nodes,
     snapshot_node,
+    upload_node,
 )
-from pikaci.runtimes.base import HostLog, JobContext, Outcome, StagedOutput
+from pikaci.runtimes.base import (
+    RESIDENCY_BUILDER,
+    RESIDENCY_LOCAL,
+    HostLog,
+    JobContext,
+    Outcome,
+    StagedOutput,
+)
 from pikaci.runtimes.process import kill_process_group
 from pikaci.store import (
     GUEST_LOG,
@@ -293,10 +302,12 @@ class RunSession:
             track_process=lambda pgid: self._track(lane.id, pgid),
             payloads=[StagedOutput.from_values(values) for values in payloads],
             builder=self.settings.builder,
+            record_upload=self.record_upload,
         )
 
-    def payload_log(self, payload_id: str, label: str) -> Callable[[str], None]:
-        """A line sink into the host log of every planned job consuming `payload_id`."""
+    def payload_log(self, payload_id: str, label: str, echo: bool = True) -> Callable[[str], None]:
+        """A line sink into the host log of every planned job consuming `payload_id` (and,
+        with `echo`, the console)."""
         run = self.run
         logs = []
         if run is not None:
@@ -309,7 +320,8 @@ class RunSession:
         def write(line: str) -> None:
             for log in logs:
                 log.note(f"{label}: {line}")
-            self.console(f"[{label}] {line}")
+            if echo:
+                self.console(f"[{label}] {line}")
 
         return write
 
@@ -553,6 +565,12 @@ class RunSession:
             artifacts_dir=str(job_dir / "artifacts"),
         )
 
+    def record_upload(self, upload: UploadRecord) -> None:
+        """Account for a transfer to a builder in `run.json` (`uploads`)."""
+        run = self.run
+        if run is not None:
+            run.writer.update(lambda record: record.uploads.append(upload))
+
     def record_realized(self, values: Dict[str, Any]) -> None:
         """A build realized an output: record it, before any lane consumes it."""
         run = self.run
@@ -582,6 +600,8 @@ class RunSession:
         job_dir = self._job_dir(run, lane)
         requested = []
         for output in outputs:
+            if output.on_builder:
+                continue  # mounted on the builder; nothing of it is exposed here
             link = job_dir / "staged-linux-rust" / f"workspace-{output.role}"
             if exposed:
                 link.parent.mkdir(parents=True, exist_ok=True)
@@ -724,12 +744,22 @@ def _plan(
                         "type": "nix_build",
                         "installable": ref.attr if ref.file is None else f"{ref.file}#{ref.attr}",
                         "output_name": ref.attr,
-                        "residency": "local_authoritative",
+                        "residency": RESIDENCY_BUILDER
+                        if target.realization == REALIZE_ON_BUILDER
+                        else RESIDENCY_LOCAL,
+                        "realize": target.realization,
                         "handoff": {"protocol": "nix_store_path_v1", "exposures": []},
                     },
                     [previous],
                 )
                 previous = node
+            if target.realization == REALIZE_COPY:
+                prepare(
+                    upload_node(target.payloads.id),
+                    f"Copy the closure of payload `{target.payloads.id}` to the builder",
+                    {"type": "nix_copy", "protocol": "nix_store_path_v1"},
+                    [previous],
+                )
         guest = lane.execution.runtime != "host_process"
         nodes.append(
             PlanNode(

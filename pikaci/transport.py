@@ -51,6 +51,9 @@ Builders need POSIX sh, coreutils (`timeout`, `head -c`, `mktemp`, `mkfifo`) and
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
+import os
 import shlex
 import signal
 import subprocess
@@ -161,6 +164,9 @@ class Builder:
     remote_work_dir: str = DEFAULT_REMOTE_WORK_DIR
     connect_timeout_secs: int = 5
     ssh_program: str = "ssh"
+    # the Nix store the builder's nix commands use: "" = its default store; an absolute path
+    # is a chroot store whose files live under `<path>/nix/store`
+    nix_store: str = ""
 
 
 class TransportError(Exception):
@@ -391,25 +397,45 @@ class Transport:
             if self._control("check"):
                 self._master_up = True
                 return
-            self._count()
-            argv = [*self._base_argv(), "-o", "ControlMaster=yes"]
-            argv += ["-o", f"ControlPersist={CONTROL_PERSIST_SECS}", "-N", "-f", self.builder.host]
-            try:
-                # -f: returns once authenticated; the master lives on in the background
-                done = subprocess.run(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                    timeout=self.builder.connect_timeout_secs + 10,
-                    check=False,
-                )
-            except subprocess.TimeoutExpired:
-                raise _ConnectionLost("no answer while connecting") from None
-            if done.returncode != 0:
-                message = _last_line(done.stderr.decode("utf-8", "replace"))
-                raise _ConnectionLost(message or f"ssh exited with {done.returncode}")
-            self._master_up = True
+            # one start per builder across processes: a master that loses the race for the
+            # socket would live on unmultiplexed, with no ControlPersist to end it
+            with self._start_lock():
+                if self._control("check"):
+                    self._master_up = True
+                    return
+                self._start_master()
+
+    @contextlib.contextmanager
+    def _start_lock(self) -> Iterator[None]:
+        key = f"{self.builder.host}\0{self.builder.ssh_config}".encode()
+        path = self.control_dir / f".start-{hashlib.sha256(key).hexdigest()[:16]}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _start_master(self) -> None:
+        self._count()
+        argv = [*self._base_argv(), "-o", "ControlMaster=yes"]
+        argv += ["-o", f"ControlPersist={CONTROL_PERSIST_SECS}", "-N", "-f", self.builder.host]
+        try:
+            # -f: returns once authenticated; the master lives on in the background
+            done = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                timeout=self.builder.connect_timeout_secs + 10,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise _ConnectionLost("no answer while connecting") from None
+        if done.returncode != 0:
+            message = _last_line(done.stderr.decode("utf-8", "replace"))
+            raise _ConnectionLost(message or f"ssh exited with {done.returncode}")
+        self._master_up = True
 
     def _attempt(
         self,

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what pikaci needs on a Debian 12 machine, idempotently:
 #   - Debian packages when something is missing (needs root): git, bash, python3 with venv,
-#     nix-bin (Nix 2.8, single-user as root), bubblewrap (the local sandbox), jq, and the
-#     OpenSSH client and server (remote builders; the tests run a builder on 127.0.0.1);
+#     nix-bin (Nix 2.8, single-user as root), bubblewrap (the local sandbox), jq, the
+#     OpenSSH client and server (remote builders; the tests run a builder on 127.0.0.1) and
+#     rsync (the baseline of the remote upload benchmark);
 #   - Nix configured for offline use: `substituters =` in a marked block of /etc/nix/nix.conf,
 #     added only when the file sets no substituters of its own (set PIKACI_NIX_OFFLINE=0 to
 #     leave nix.conf alone);
@@ -24,6 +25,10 @@ command -v bwrap >/dev/null 2>&1 || need_apt+=(bubblewrap)
 command -v jq >/dev/null 2>&1 || need_apt+=(jq)  # the nix expression tests run install scripts
 command -v ssh >/dev/null 2>&1 || need_apt+=(openssh-client)  # remote builders
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)  # the tests' loopback builder
+# builds in the tests' sandboxed chroot stores ("remote" builder stores) run on busybox
+[ -x /bin/busybox ] || need_apt+=(busybox-static)
+# bench/remote_upload.py compares snapshot uploads against it
+command -v rsync >/dev/null 2>&1 || need_apt+=(rsync)
 [ -x /usr/bin/python3 ] || need_apt+=(python3)  # the sandbox's guest python
 if ! command -v "$python" >/dev/null 2>&1; then
   need_apt+=(python3 python3-venv)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -40,7 +41,8 @@ def render_dodo(lanes: Sequence[LaneSpec], excludes: Optional[Dict[str, List[str
         lane_src = ",\n".join(
             f"        Lane(id={lane.id!r}, command={lane.command!r}, "
             f"execution=Execution({lane.placement!r}, {lane.runtime!r}), "
-            f"timeout_secs={lane.timeout_secs!r}, env={lane.env!r})"
+            f"timeout_secs={lane.timeout_secs!r}, env={lane.env!r}, "
+            f"network={lane.network!r}, run_as_root={lane.run_as_root!r})"
             for lane in target_lanes
         )
         exclude = tuple((excludes or {}).get(target_id, ()))
@@ -108,7 +110,12 @@ class Project:
         runs = self.state_root / "runs"
         if not runs.is_dir():
             return []
-        ids = [p.name for p in runs.iterdir() if (p / "run.json").is_file()]
+        # dot names are runs still being created (or abandoned while being created)
+        ids = [
+            p.name
+            for p in runs.iterdir()
+            if not p.name.startswith(".") and (p / "run.json").is_file()
+        ]
         return sorted(ids, key=lambda run_id: (self.run_record(run_id)["created_at"], run_id))
 
     def run_record(self, run_id: str) -> Dict[str, object]:
@@ -127,7 +134,7 @@ class Project:
 
 def new_repository(root: Path, state_root: Path, files: Dict[str, str]) -> Project:
     """A committed git repository holding `files` plus `src/hello.txt`."""
-    root.mkdir()
+    root.mkdir(exist_ok=True)
     project = Project(root=root, state_root=state_root)
     for relpath, content in {**files, "src/hello.txt": "hello\n"}.items():
         project.write(relpath, content)
@@ -186,7 +193,7 @@ STAGED_FLAKE = """\
 {
   outputs = { self }:
     let
-      ci = import ./nix/ci/lib.nix { };
+      LIBRARY
       inputs = builtins.path { path = ./src; name = "payload-inputs"; };
     in {
       ci.x86_64-linux = rec {
@@ -215,14 +222,35 @@ def nix_string(text: str) -> str:
     return "''" + text.replace("''", "'''").replace("${", "''${") + "''"
 
 
-def render_staged_flake(tag: str, wrappers: Dict[str, str], extra: str = "{ }") -> str:
+# builders run on the host shell (needs an unsandboxed store)...
+HOST_SHELL_LIBRARY = "ci = import ./nix/ci/lib.nix { };"
+# ...or on a busybox carried in the repository, which builds anywhere, sandboxed chroot
+# stores included
+HERMETIC_LIBRARY = (
+    'bb = builtins.path { path = ./nix/busybox; name = "busybox-static"; };\n'
+    '      ci = import ./nix/ci/lib.nix { shell = "${bb}/bin/sh"; hostPath = "${bb}/bin"; };'
+)
+BUSYBOX = Path("/bin/busybox")
+
+
+def render_staged_flake(
+    tag: str, wrappers: Dict[str, str], extra: str = "{ }", hermetic: bool = False
+) -> str:
     body = " ".join(f"{name} = {nix_string(text)};" for name, text in sorted(wrappers.items()))
-    return (STAGED_FLAKE.replace("TAG", tag).replace("WRAPPERS", "{ " + body + " }")).replace(
-        "EXTRA", extra
+    library = HERMETIC_LIBRARY if hermetic else HOST_SHELL_LIBRARY
+    return (
+        STAGED_FLAKE.replace("LIBRARY", library)
+        .replace("TAG", tag)
+        .replace("WRAPPERS", "{ " + body + " }")
+        .replace("EXTRA", extra)
     )
 
 
-def render_staged_dodo(targets: Dict[str, Sequence[LaneSpec]], excludes: Sequence[str] = ()) -> str:
+def render_staged_dodo(
+    targets: Dict[str, Sequence[LaneSpec]],
+    excludes: Sequence[str] = (),
+    realize: Optional[str] = None,
+) -> str:
     blocks = []
     for target_id, lanes in targets.items():
         lane_src = ",\n".join(
@@ -235,7 +263,7 @@ def render_staged_dodo(targets: Dict[str, Sequence[LaneSpec]], excludes: Sequenc
         blocks.append(
             f"    Target(id={target_id!r}, snapshot_excludes={tuple(excludes)!r}, "
             "payloads=StagedPayloads(id='shared', deps=Installable('ci.x86_64-linux.deps'), "
-            "build=Installable('ci.x86_64-linux.build')), "
+            f"build=Installable('ci.x86_64-linux.build'), realize={realize!r}), "
             f"lanes=[\n{lane_src}\n    ])"
         )
     return (
@@ -262,17 +290,25 @@ def make_staged_project(tmp_path: Path):  # type: ignore[no-untyped-def]
         targets: Dict[str, Sequence[LaneSpec]],
         excludes: Sequence[str] = (),
         extra_nix: str = "{ }",
+        realize: Optional[str] = None,
+        hermetic: bool = False,
     ) -> Project:
         # a unique tag keeps these derivations apart from other tests' in the shared store
         tag = f"t{abs(hash(str(tmp_path))) % 10**8}"
+        root = tmp_path / f"repo{next(counter)}"
+        if hermetic:
+            require_component(BUSYBOX.is_file(), "busybox-static is not installed")
+            (root / "nix" / "busybox" / "bin").mkdir(parents=True)
+            shutil.copy2(BUSYBOX, root / "nix" / "busybox" / "bin" / "busybox")
+            (root / "nix" / "busybox" / "bin" / "sh").symlink_to("busybox")
         return new_repository(
-            tmp_path / f"repo{next(counter)}",
+            root,
             tmp_path / "state",
             {
-                "flake.nix": render_staged_flake(tag, wrappers, extra_nix),
+                "flake.nix": render_staged_flake(tag, wrappers, extra_nix, hermetic),
                 "flake.lock": '{"nodes": {"root": {}}, "root": "root", "version": 7}\n',
                 "nix/ci/lib.nix": (REPO_ROOT / "nix" / "ci" / "lib.nix").read_text(),
-                "dodo.py": render_staged_dodo(targets, excludes),
+                "dodo.py": render_staged_dodo(targets, excludes, realize),
             },
         )
 

@@ -6,7 +6,8 @@ and an ssh_config with the alias `pikaci-test-builder`. Everything the user must
 world-traversable directories under /tmp: pytest's own tmp tree is mode 0700 and sshd reads
 authorized_keys as the target user.
 
-Import the fixture explicitly: `from tests.sshd import sshd  # noqa: F401`.
+Import the fixture explicitly: `from tests.sshd import sshd  # noqa: F401`. Outside pytest
+(the benchmarks), `with running_sshd() as server:` starts and stops the same server.
 """
 
 from __future__ import annotations
@@ -206,7 +207,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], config: Path, log: Path) -> bool:
             return True
         time.sleep(0.1)
     _stop(proc)
-    pytest.fail(f"sshd did not accept logins within {START_TIMEOUT_SECS}s; see {log}")
+    raise RuntimeError(f"sshd did not accept logins within {START_TIMEOUT_SECS}s; see {log}")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -234,26 +235,36 @@ def _start(base: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
         )
         if _wait_ready(proc, client, log):
             return proc, port, client
-    pytest.fail(f"sshd could not start; see {log}")
+    raise RuntimeError(f"sshd could not start; see {log}")
 
 
-@pytest.fixture(scope="session")
-def sshd() -> Iterator[Sshd]:
-    require_component(os.geteuid() == 0, "the sshd fixture needs root (it creates a login user)")
-    require_component(
-        Path(SSHD).is_file() and shutil.which("ssh") is not None,
-        "openssh-server/openssh-client are not installed "
-        "(apt-get install openssh-server openssh-client)",
-    )
+@contextlib.contextmanager
+def running_sshd() -> Iterator[Sshd]:
+    """The loopback sshd, for pytest and the benchmarks alike. On exit it closes the masters in
+    the control dirs it handed out, stops sshd and removes its files and work dirs.
+
+    Needs root (it creates the login user); RuntimeError when it cannot run here or start.
+    """
+    if os.geteuid() != 0:
+        raise RuntimeError("the loopback sshd needs root (it creates a login user)")
+    if not Path(SSHD).is_file() or shutil.which("ssh") is None:
+        raise RuntimeError(
+            "openssh-server/openssh-client are not installed "
+            "(apt-get install openssh-server openssh-client)"
+        )
     uid = _ensure_user()
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
     base = Path(tempfile.mkdtemp(prefix="pikaci-sshd-", dir="/tmp"))
-    base.chmod(0o755)
-    _keygen(base / "host_key")
-    _keygen(base / "client_key")
-    shutil.copyfile(base / "client_key.pub", base / "authorized_keys")
-    (base / "authorized_keys").chmod(0o644)
-    proc, port, client = _start(base)
+    try:
+        base.chmod(0o755)
+        _keygen(base / "host_key")
+        _keygen(base / "client_key")
+        shutil.copyfile(base / "client_key.pub", base / "authorized_keys")
+        (base / "authorized_keys").chmod(0o644)
+        proc, port, client = _start(base)
+    except BaseException:
+        shutil.rmtree(base, ignore_errors=True)
+        raise
     server = Sshd(
         host=HOST_ALIAS,
         ssh_config=client,
@@ -273,6 +284,22 @@ def sshd() -> Iterator[Sshd]:
         for path in [*server._control_dirs, *server._work_dirs, base]:
             with contextlib.suppress(OSError):
                 shutil.rmtree(path)
+
+
+@pytest.fixture(scope="session")
+def sshd() -> Iterator[Sshd]:
+    require_component(os.geteuid() == 0, "the sshd fixture needs root (it creates a login user)")
+    require_component(
+        Path(SSHD).is_file() and shutil.which("ssh") is not None,
+        "openssh-server/openssh-client are not installed "
+        "(apt-get install openssh-server openssh-client)",
+    )
+    with contextlib.ExitStack() as stack:
+        try:
+            server = stack.enter_context(running_sshd())
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
+        yield server
 
 
 def local_ssh_children(needle: str) -> List[int]:

@@ -358,3 +358,24 @@ def test_threads_share_one_transport(transport: Transport) -> None:
 def test_control_dir_must_fit_a_unix_socket_path(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="too long for a unix socket"):
         Transport(Builder(host="h"), tmp_path / ("x" * 80), lambda line: None)
+
+
+def test_transports_starting_at_once_share_one_master(
+    server: Sshd, builder: Builder, log: Recorder
+) -> None:
+    """Separate transports (as in separate processes) racing to connect start one login."""
+    control = server.control_dir()
+    logins_before = server.log.read_text().count("Accepted publickey")
+    transports = [Transport(builder, control, log) for _ in range(6)]
+    barrier = threading.Barrier(len(transports))
+
+    def connect(t: Transport) -> str:
+        barrier.wait()
+        return t.run("race", "echo up").text
+
+    threads = [in_thread(lambda t=t: connect(t)) for t in transports]  # type: ignore[misc]
+    for thread, _ in threads:
+        thread.join(30)
+    assert [outcome.get("result") for _, outcome in threads] == ["up\n"] * len(transports)
+    assert server.log.read_text().count("Accepted publickey") - logins_before == 1
+    transports[0].close()

@@ -3,26 +3,28 @@
     pikaci [--state-root DIR] run JOB... [--output human|json|jsonl] [-n N] [--continue]
     pikaci [--state-root DIR] rerun RUN_ID [--output ...]
     pikaci [--state-root DIR] list | status RUN | logs RUN | prepared-outputs RUN | gc
+    pikaci gc-remote [--keep-runs N] [--keep-snapshots-days D] [--json]   on $PIKACI_BUILDER
     pikaci doit ARGS...          any doit command over the repository's catalog
 
 `run` and `doit` read the catalog from the repository's `dodo.py` (its `CATALOG`), through
 the same doit loader that `doit` itself uses there. Exit status: 1 for a failed run or an
-error, 0 otherwise.
+error, 2 for a usage error, 0 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple
 
 from pikaci.catalog import Catalog
-from pikaci.cli import inspect
+from pikaci.cli import inspect, remote_gc
 from pikaci.model import RUN_FAILED, RUN_SKIPPED, RecordError
 from pikaci.session import OUTPUT_MODES, Settings
-from pikaci.settings import settings_from_environment
+from pikaci.settings import builder_from_environment, settings_from_environment
 from pikaci.store import StateRoot, StoreError, load_run_record
 
 
@@ -59,6 +61,24 @@ def build_parser() -> argparse.ArgumentParser:
     prepared.add_argument("--json", action="store_true")
     gc = sub.add_parser("gc", help="delete old runs and unreferenced snapshots")
     gc.add_argument("--keep-runs", type=int, default=10)
+    gc_remote = sub.add_parser(
+        "gc-remote", help="delete old runs and unused snapshots on the builder ($PIKACI_BUILDER)"
+    )
+    gc_remote.add_argument(
+        "--keep-runs",
+        type=remote_gc.keep_runs_arg,
+        default=remote_gc.DEFAULT_KEEP_RUNS,
+        metavar="N",
+        help=remote_gc.KEEP_RUNS_HELP,
+    )
+    gc_remote.add_argument(
+        "--keep-snapshots-days",
+        type=remote_gc.keep_snapshots_days_arg,
+        default=remote_gc.DEFAULT_KEEP_SNAPSHOTS_DAYS,
+        metavar="D",
+        help=remote_gc.KEEP_SNAPSHOTS_DAYS_HELP,
+    )
+    gc_remote.add_argument("--json", action="store_true", help="the result as one JSON object")
     doit = sub.add_parser("doit", help="any doit command over the catalog", add_help=False)
     doit.add_argument("doit_args", nargs=argparse.REMAINDER)
     return parser
@@ -79,7 +99,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except (StoreError, RecordError, UsageError, ValueError) as exc:
+    except (StoreError, RecordError, UsageError, ValueError, *remote_gc.REMOTE_GC_ERRORS) as exc:
         return _error(str(exc))
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
@@ -95,6 +115,14 @@ def _error(message: str) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     source_root = Path.cwd()
+    if args.command == "gc-remote":
+        return remote_gc.gc_remote_command(
+            builder_from_environment(os.environ),
+            args.keep_runs,
+            args.keep_snapshots_days,
+            args.json,
+            sys.stdout,
+        )
     if args.command in ("run", "rerun", "doit"):
         settings = settings_from_environment(
             source_root, args.state_root, getattr(args, "output", None)

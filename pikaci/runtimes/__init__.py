@@ -7,6 +7,7 @@ from typing import Callable, Dict, Tuple
 from pikaci.catalog import (
     LOCAL_BUBBLEWRAP,
     LOCAL_HOST_PROCESS,
+    REMOTE_SSH_BUBBLEWRAP,
     REMOTE_SSH_HOST_PROCESS,
     SUPPORTED_EXECUTIONS,
     Execution,
@@ -14,12 +15,14 @@ from pikaci.catalog import (
 from pikaci.runtimes.base import LaneRuntime
 from pikaci.runtimes.host import HostProcessRuntime
 from pikaci.runtimes.remote_host import RemoteHostProcessRuntime
+from pikaci.runtimes.remote_sandbox import RemoteSandboxRuntime
 from pikaci.runtimes.sandbox import BubblewrapRuntime
 
 RUNTIME_FACTORIES: Dict[Tuple[str, str], Callable[[], LaneRuntime]] = {
     LOCAL_HOST_PROCESS: HostProcessRuntime,
     LOCAL_BUBBLEWRAP: BubblewrapRuntime,
     REMOTE_SSH_HOST_PROCESS: RemoteHostProcessRuntime,
+    REMOTE_SSH_BUBBLEWRAP: RemoteSandboxRuntime,
 }
 
 assert set(RUNTIME_FACTORIES) == set(SUPPORTED_EXECUTIONS), "catalog and runtimes disagree"

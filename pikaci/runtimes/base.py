@@ -13,6 +13,7 @@ from pikaci.model import (
     RUN_PASSED,
     RealizedPreparedOutputRecord,
     TerminalResult,
+    UploadRecord,
     now_timestamp,
 )
 from pikaci.payload import PayloadManifest, parse_manifest
@@ -39,6 +40,12 @@ class HostLog:
             handle.write(data)
 
 
+RESIDENCY_LOCAL = "local_authoritative"  # built here (and, in `copy` mode, copied over)
+RESIDENCY_BUILDER = "remote_authoritative_staged_linux"  # built on the builder, only there
+CONSUMER_LOCAL = "host_local_symlink_mounts_v1"
+CONSUMER_BUILDER = "builder_bind_mounts_v1"  # mounted from the builder's store
+
+
 @dataclass(frozen=True)
 class StagedOutput:
     """A realized staged payload a job consumes (from its build task's saved values)."""
@@ -49,6 +56,8 @@ class StagedOutput:
     output_name: str
     store_path: Path
     manifest: PayloadManifest
+    residency: str = RESIDENCY_LOCAL
+    on_builder: bool = False  # lanes read it from the builder's store
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> StagedOutput:
@@ -60,6 +69,8 @@ class StagedOutput:
             output_name=str(values["output_name"]),
             store_path=Path(values["store_path"]),
             manifest=parse_manifest(values["manifest"], label),
+            residency=str(values.get("residency") or RESIDENCY_LOCAL),
+            on_builder=bool(values.get("on_builder")),
         )
 
     @property
@@ -72,8 +83,8 @@ class StagedOutput:
             installable=self.installable,
             output_name=self.output_name,
             protocol="nix_store_path_v1",
-            residency="local_authoritative",
-            consumer="host_local_symlink_mounts_v1",
+            residency=self.residency,
+            consumer=CONSUMER_BUILDER if self.on_builder else CONSUMER_LOCAL,
             realized_path=str(self.store_path),
             payload=self.manifest.to_dict(),
         )
@@ -99,6 +110,8 @@ class JobContext:
     # the snapshot as the lane sees it (content + executable bits); defaults to content_hash
     snapshot_id: str = ""
     builder: Optional[Builder] = None  # remote placements: where the lane runs
+    # remote placements: account for a transfer to the builder in the run record
+    record_upload: Callable[[UploadRecord], None] = lambda upload: None
 
     def __post_init__(self) -> None:
         if not self.snapshot_id:

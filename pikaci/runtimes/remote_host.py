@@ -11,21 +11,21 @@ remote workspace.
 
 from __future__ import annotations
 
-import io
-import os
 import shlex
-import stat
-import tarfile
-import tempfile
 import time
-from pathlib import Path
-from typing import Callable, Dict
+from typing import Dict
 
 from pikaci.model import RUN_PASSED, RecordError, TerminalResult
-from pikaci.remote import RemoteLayout, hold_snapshot, publish_snapshot
+from pikaci.remote import RemoteLayout, hold_snapshot
 from pikaci.runtimes.base import JobContext, Outcome, write_result
+from pikaci.runtimes.remote_common import (
+    extract_archive,
+    open_transport,
+    publish_lane_snapshot,
+    require_builder,
+    streamer,
+)
 from pikaci.store import read_json_object
-from pikaci.transport import Builder, Transport, TransportError
 
 TIMED_OUT = 124
 
@@ -33,34 +33,28 @@ TIMED_OUT = 124
 class RemoteHostProcessRuntime:
     def execute(self, ctx: JobContext) -> Outcome:
         log = ctx.host_log.note
-        builder = _builder(ctx)
+        builder = require_builder(ctx)
         layout = RemoteLayout.for_builder(builder)
-        with _transport(ctx, builder) as transport:
-            published = publish_snapshot(transport, layout, ctx.snapshot_dir, ctx.snapshot_id, log)
-            log(
-                f"snapshot {ctx.snapshot_id[:12]} on {builder.host}: "
-                + (
-                    f"uploaded {published.bytes_sent} bytes in {published.seconds:.2f}s"
-                    if published.uploaded
-                    else "already there"
-                )
+        # not closed: the shared master (ControlPersist) serves collect, other lanes and runs
+        transport = open_transport(ctx, builder)
+        # the lease comes first, so the snapshot cannot vanish between publish and use
+        with hold_snapshot(transport, layout, ctx.snapshot_id, ctx.run_id, log=log) as snapshot:
+            publish_lane_snapshot(ctx, transport, layout)
+            job = layout.job_dir(ctx.run_id, ctx.lane.id)
+            transport.run(
+                "prepare job directory",
+                f"set -eu; rm -rf {_q(job)}/artifacts {_q(job)}/workspace; "
+                f"mkdir -p {_q(job)}/artifacts; cp -a {_q(snapshot)}/. {_q(job)}/workspace/",
             )
-            with hold_snapshot(transport, layout, ctx.snapshot_id, ctx.run_id, log=log) as snapshot:
-                job = layout.job_dir(ctx.run_id, ctx.lane.id)
-                transport.run(
-                    "prepare job directory",
-                    f"set -eu; rm -rf {_q(job)}/artifacts {_q(job)}/workspace; "
-                    f"mkdir -p {_q(job)}/artifacts; cp -a {_q(snapshot)}/. {_q(job)}/workspace/",
-                )
-                started = time.monotonic()
-                result = transport.run(
-                    f"lane {ctx.lane.id}",
-                    _lane_script(ctx, job),
-                    timeout_secs=ctx.lane.timeout_secs,
-                    on_line=_streamer(ctx),
-                    check=False,
-                )
-                elapsed = time.monotonic() - started
+            started = time.monotonic()
+            result = transport.run(
+                f"lane {ctx.lane.id}",
+                _lane_script(ctx, job),
+                timeout_secs=ctx.lane.timeout_secs,
+                on_line=streamer(ctx),
+                check=False,
+            )
+            elapsed = time.monotonic() - started
         code = result.exit_code
         if code == TIMED_OUT and elapsed >= ctx.lane.timeout_secs:
             outcome = Outcome.failure(f"timed out after {ctx.lane.timeout_secs}s", TIMED_OUT)
@@ -73,14 +67,12 @@ class RemoteHostProcessRuntime:
         return outcome
 
     def collect(self, ctx: JobContext, outcome: Outcome) -> Outcome:
-        builder = _builder(ctx)
+        builder = require_builder(ctx)
         job = RemoteLayout.for_builder(builder).job_dir(ctx.run_id, ctx.lane.id)
-        with _transport(ctx, builder) as transport:
-            archive = transport.run(
-                "pull artifacts", f"set -eu; cd {_q(job)}/artifacts; tar -cf - ."
-            )
-            transport.run("remove workspace", f"rm -rf {_q(job)}/workspace")
-        _extract(archive.stdout, ctx.artifacts_dir, ctx.host_log.note)
+        transport = open_transport(ctx, builder)
+        archive = transport.run("pull artifacts", f"set -eu; cd {_q(job)}/artifacts; tar -cf - .")
+        transport.run("remove workspace", f"rm -rf {_q(job)}/workspace")
+        extract_archive(archive.stdout, ctx.artifacts_dir, ctx.host_log.note)
         try:
             result = TerminalResult.from_dict(
                 read_json_object(ctx.result_path), str(ctx.result_path)
@@ -88,27 +80,6 @@ class RemoteHostProcessRuntime:
         except (FileNotFoundError, RecordError) as exc:
             return Outcome.failure(f"collect: missing or invalid result.json: {exc}", None)
         return Outcome.from_result(result)
-
-
-def _builder(ctx: JobContext) -> Builder:
-    if ctx.builder is None:
-        raise TransportError(f"lane `{ctx.lane.id}` runs on a builder but none is configured")
-    return ctx.builder
-
-
-def _transport(ctx: JobContext, builder: Builder) -> Transport:
-    return Transport(builder, control_dir(), ctx.host_log.note)
-
-
-def control_dir() -> Path:
-    """Where ControlMaster sockets live: short (unix socket paths stop near 108 bytes), private,
-    and shared by every run of this user so one connection serves them all."""
-    path = Path(tempfile.gettempdir()) / f"pikaci-ssh-{os.getuid()}"
-    path.mkdir(mode=0o700, exist_ok=True)
-    info = path.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise TransportError(f"{path} must be a directory only you can use (mode 700)")
-    return path
 
 
 def _q(text: str) -> str:
@@ -129,36 +100,3 @@ def _lane_script(ctx: JobContext, job: str) -> str:
         f"cd {_q(job)}/workspace && export {exports} && "
         f"exec bash --noprofile --norc -lc {_q(ctx.lane.command)}"
     )
-
-
-def _streamer(ctx: JobContext) -> Callable[[str], None]:
-    prefix = f"[{ctx.lane.id}] "
-
-    def emit(line: str) -> None:
-        ctx.host_log.write_raw((line + "\n").encode("utf-8", "replace"))
-        ctx.console(prefix + line)
-
-    return emit
-
-
-def _extract(archive: bytes, destination: Path, log: Callable[[str], None]) -> None:
-    """Unpack pulled artifacts: regular files and directories inside `destination` only."""
-    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
-        for member in tar.getmembers():
-            name = os.path.normpath(member.name)
-            if name in (".", "") or name.startswith(("..", "/")):
-                continue
-            target = destination / name
-            if member.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-            elif member.isfile():
-                source = tar.extractfile(member)
-                if source is None:
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if target.is_symlink() or target.exists():
-                    target.unlink()
-                with open(target, "xb") as out:
-                    out.write(source.read())
-            else:
-                log(f"collect: skipped artifact `{name}`: not a regular file")
