@@ -38,6 +38,12 @@ from pikaci.catalog import (
     Lane,
     Target,
 )
+from pikaci.incus_tasks import (
+    INCUS_IMAGE_TASK,
+    INCUS_REAP_TASK,
+    incus_image_task,
+    incus_reap_task,
+)
 from pikaci.model import RUN_PASSED, RunRecord
 from pikaci.nodes import PAYLOAD_ROLES, build_node, build_task, upload_task
 from pikaci.payload import ManifestError, mount_sources, read_manifest
@@ -329,6 +335,8 @@ def build_inputs(
 
 
 GC_REMOTE_TASK = "gc_remote"  # never a default task: plain `doit` must not delete anything
+# housekeeping tasks: in every task list, run only when named
+MAINTENANCE_TASKS = (GC_REMOTE_TASK, INCUS_IMAGE_TASK, INCUS_REAP_TASK)
 
 GROUP_DOCS = {
     "lane": "every lane: `lane:<id>` is one lane's verdict (doit list --all shows them)",
@@ -356,6 +364,8 @@ class TaskBuilder:
             if shown.get(basename, True):
                 yield {"basename": basename, "name": None, "doc": doc}
         yield self._gc_remote_task()
+        yield incus_image_task()
+        yield incus_reap_task()
         built: List[str] = []
         for target in self.catalog.targets:
             yield self._snapshot_task(target)
@@ -740,7 +750,8 @@ class CatalogLoader(TaskLoader2):  # type: ignore[misc]
         }
 
     def _default_tasks(self) -> Optional[List[str]]:
-        """Every task but `gc_remote`, in order: what plain `doit` would otherwise run."""
+        """Every task but the housekeeping ones, in order: what plain `doit` would otherwise
+        run."""
         try:
             dicts = self.task_dicts()
         except InvalidTask:
@@ -749,7 +760,7 @@ class CatalogLoader(TaskLoader2):  # type: ignore[misc]
             item["basename"] if item.get("name") is None else f"{item['basename']}:{item['name']}"
             for item in dicts
         )
-        return [name for name in names if name != GC_REMOTE_TASK]
+        return [name for name in names if name not in MAINTENANCE_TASKS]
 
     def task_dicts(self) -> List[TaskDict]:
         try:

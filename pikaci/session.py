@@ -9,6 +9,7 @@ and, in `jsonl` mode, prints one lifecycle event on stdout.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import signal
 import sys
@@ -31,6 +32,7 @@ from pikaci.model import (
     PlanNode,
     PreparedOutputsRecord,
     PrepareTiming,
+    RemoteLinuxVmExecution,
     RunPlanRecord,
     RunRecord,
     UploadRecord,
@@ -303,6 +305,7 @@ class RunSession:
             payloads=[StagedOutput.from_values(values) for values in payloads],
             builder=self.settings.builder,
             record_upload=self.record_upload,
+            record_vm_execution=lambda execution: self.record_vm_execution(lane, execution),
         )
 
     def payload_log(self, payload_id: str, label: str, echo: bool = True) -> Callable[[str], None]:
@@ -354,6 +357,15 @@ class RunSession:
                 return  # an interrupt already settled the job
             job.exit_code, job.message = outcome.exit_code, outcome.message
             self._commit(run, [job])
+
+    def record_vm_execution(self, lane: Lane, execution: RemoteLinuxVmExecution) -> None:
+        """A guest runtime's image identity and phase timings, kept as they complete."""
+        run = self._require_run()
+        with self._lock:
+            job = self._running(run, lane)
+            if job is not None:
+                job.remote_linux_vm_execution = copy.deepcopy(execution)
+                self._commit(run, [job])
 
     def job_finished(self, lane: Lane, outcome: Outcome) -> JobRecord:
         run = self._require_run()

@@ -9,7 +9,7 @@ import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import orjson
 import pytest
@@ -335,3 +335,33 @@ def nix_counter(tmp_path: Path) -> Path:
 def nix_calls(bindir: Path) -> List[str]:
     calls = bindir / "calls"
     return calls.read_text().splitlines() if calls.exists() else []
+
+
+def interrupt_when_printed(
+    project: Project,
+    env: Dict[str, str],
+    task: str,
+    marker: str,
+    timeout: float = 60,
+    before_signal: Callable[[], None] = lambda: None,
+) -> int:
+    """`doit run <task>`, SIGINT once a stdout line contains `marker` (and `before_signal` has
+    looked around); the exit status."""
+    import signal
+
+    proc = subprocess.Popen(
+        [*DOIT, "run", task],
+        cwd=project.root,
+        env={**project.env, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if marker in line:
+            break
+    before_signal()
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=timeout)
+    return proc.returncode

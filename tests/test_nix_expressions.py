@@ -457,6 +457,7 @@ IMAGE_PACKAGES = [
     "gnugrep",
     "gnused",
     "gawk",
+    "gnutar",
     "jq",
     "which",
 ]

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import signal
 import socket
-import subprocess
 import time
 from pathlib import Path
 from typing import Dict
 
 import pytest
 
-from tests.conftest import DOIT, LaneSpec, executed_tasks, reused_tasks
+from tests.conftest import LaneSpec, executed_tasks, interrupt_when_printed, reused_tasks
 from tests.sshd import Sshd, sshd  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -96,21 +94,8 @@ def test_remote_failures_propagate_and_leave_nothing_running(
 
 def test_interrupting_a_remote_lane_stops_it_on_the_builder(make_project, builder_env, sshd):  # noqa: F811
     project = make_project([remote("s", "echo started; sleep 300")])
-    proc = subprocess.Popen(
-        [*DOIT, "run", "lane:s"],
-        cwd=project.root,
-        env={**project.env, **builder_env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if "[s] started" in line:
-            break
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    code = interrupt_when_printed(project, builder_env, "lane:s", "[s] started", 60)
+    assert code == 130
     deadline = time.monotonic() + 15
     while any("sleep 300" in p for p in sshd.user_processes()) and time.monotonic() < deadline:
         time.sleep(0.2)

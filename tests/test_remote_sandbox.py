@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from pikaci.runtimes.guest_layout import (
 )
 from pikaci.runtimes.remote_sandbox import _prepare, builder_mount_sources
 from pikaci.transport import Builder, RemoteResult
-from tests.conftest import DOIT, LaneSpec, executed_tasks, reused_tasks
+from tests.conftest import LaneSpec, executed_tasks, interrupt_when_printed, reused_tasks
 from tests.sshd import Sshd, sshd  # noqa: F401
 
 PROBE = """
@@ -230,21 +229,8 @@ def test_interrupting_a_remote_sandbox_lane_stops_it_on_the_builder(
     sshd,  # noqa: F811
 ):
     project = make_project([sandboxed("s", "echo started; sleep 348")])
-    proc = subprocess.Popen(
-        [*DOIT, "run", "lane:s"],
-        cwd=project.root,
-        env={**project.env, **builder_env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if "[s] started" in line:
-            break
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    code = interrupt_when_printed(project, builder_env, "lane:s", "[s] started", 60)
+    assert code == 130
     assert lane_processes(sshd, ["sleep 348", builder_env["PIKACI_BUILDER_WORK_DIR"]]) == []
     (job,) = project.latest_run()["jobs"]  # type: ignore[misc]
     assert job["status"] == "failed" and job["message"].startswith("interrupted by SIGINT")

@@ -106,6 +106,7 @@ in
     gnugrep
     gnused
     gawk
+    gnutar # pikaci collects /run/pika-cloud with one `tar` through `incus exec`
     jq
     which
     runner

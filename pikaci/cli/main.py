@@ -4,6 +4,8 @@
     pikaci [--state-root DIR] rerun RUN_ID [--output ...]
     pikaci [--state-root DIR] list | status RUN | logs RUN | prepared-outputs RUN | gc
     pikaci gc-remote [--keep-runs N] [--keep-snapshots-days D] [--json]   on $PIKACI_BUILDER
+    pikaci incus-image FILE [ROOTFS] [--remote]    import the guest image under its alias
+    pikaci incus-reap [--older-than SECS] [--remote] [--json]   delete leftover instances
     pikaci doit ARGS...          any doit command over the repository's catalog
 
 `run` and `doit` read the catalog from the repository's `dodo.py` (its `CATALOG`), through
@@ -20,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple
 
+from pikaci import incus, incus_admin, incus_tasks
 from pikaci.catalog import Catalog
 from pikaci.cli import inspect, remote_gc
 from pikaci.model import RUN_FAILED, RUN_SKIPPED, RecordError
@@ -79,9 +82,36 @@ def build_parser() -> argparse.ArgumentParser:
         help=remote_gc.KEEP_SNAPSHOTS_DAYS_HELP,
     )
     gc_remote.add_argument("--json", action="store_true", help="the result as one JSON object")
+    image = sub.add_parser(
+        "incus-image", help="import the guest image under $PIKACI_INCUS_IMAGE_ALIAS if it changed"
+    )
+    image.add_argument(
+        "files", nargs="+", metavar="FILE", help="unified tarball, or metadata rootfs"
+    )
+    image.add_argument("--remote", action="store_true", help="on the builder ($PIKACI_BUILDER)")
+    reap = sub.add_parser("incus-reap", help="delete Incus instances pikaci left behind")
+    reap.add_argument(
+        "--older-than",
+        type=_non_negative_float,
+        default=float(incus_tasks.DEFAULT_REAP_AFTER_SECS),
+        metavar="SECS",
+        help="minimum age of a marked instance to delete (default 6 hours)",
+    )
+    reap.add_argument("--remote", action="store_true", help="on the builder ($PIKACI_BUILDER)")
+    reap.add_argument("--json", action="store_true", help="the result as one JSON object")
     doit = sub.add_parser("doit", help="any doit command over the catalog", add_help=False)
     doit.add_argument("doit_args", nargs=argparse.REMAINDER)
     return parser
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be zero or positive, got {text!r}")
+    return value
 
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
@@ -99,7 +129,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except (StoreError, RecordError, UsageError, ValueError, *remote_gc.REMOTE_GC_ERRORS) as exc:
+    except (
+        StoreError,
+        RecordError,
+        UsageError,
+        ValueError,
+        incus.IncusError,
+        incus_admin.IncusAdminError,
+        *remote_gc.REMOTE_GC_ERRORS,
+    ) as exc:
         return _error(str(exc))
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
@@ -123,6 +161,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             args.json,
             sys.stdout,
         )
+    if args.command in ("incus-image", "incus-reap"):
+        return _incus(args)
     if args.command in ("run", "rerun", "doit"):
         settings = settings_from_environment(
             source_root, args.state_root, getattr(args, "output", None)
@@ -238,6 +278,27 @@ def _rerun(args: argparse.Namespace, settings: Settings) -> int:
 
 def _doit(args: argparse.Namespace, settings: Settings, doit_args: List[str]) -> int:
     return _drive(_load_catalog(args.file), settings, doit_args)[0]
+
+
+def _incus(args: argparse.Namespace) -> int:
+    config = incus_admin.settings(args.remote)
+    host = incus_admin.open_host(args.remote, lambda line: None)
+    if args.command == "incus-image":
+        done = incus_admin.import_image(host, config, incus_admin.image_files(args.files))
+        verb = "imported" if done.imported else "already current:"
+        print(f"{verb} {done.alias} in project {done.project} -> {done.fingerprint}")
+        return 0
+    report = incus_admin.reap_instances(
+        host, config, args.older_than, (lambda line: None) if args.json else print
+    )
+    if args.json:
+        print(incus_admin.dumps(report.to_dict()))
+    else:
+        print(
+            f"incus reap on {host.name}: removed {len(report.removed)} instance(s), "
+            f"kept {len(report.kept)} younger one(s)"
+        )
+    return 0
 
 
 if __name__ == "__main__":

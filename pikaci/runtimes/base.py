@@ -12,6 +12,7 @@ from pikaci.model import (
     RUN_FAILED,
     RUN_PASSED,
     RealizedPreparedOutputRecord,
+    RemoteLinuxVmExecution,
     TerminalResult,
     UploadRecord,
     now_timestamp,
@@ -112,6 +113,8 @@ class JobContext:
     builder: Optional[Builder] = None  # remote placements: where the lane runs
     # remote placements: account for a transfer to the builder in the run record
     record_upload: Callable[[UploadRecord], None] = lambda upload: None
+    # guest runtimes: the job record's `remote_linux_vm_execution`, as its phases complete
+    record_vm_execution: Callable[[RemoteLinuxVmExecution], None] = lambda execution: None
 
     def __post_init__(self) -> None:
         if not self.snapshot_id:

@@ -1,0 +1,178 @@
+"""Incus housekeeping shared by the CLI and the doit tasks: importing the guest image under its
+alias when it changed, and reaping instances that runs left behind.
+
+Both run wherever the Incus lanes run: on this machine, or on the builder over the shared SSH
+connection (`--remote`, the builder from the environment).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import orjson
+
+from pikaci import incus
+from pikaci.runtimes.incus_runtime import BuilderHost, HostResult, IncusHost, LocalHost
+from pikaci.runtimes.remote_common import control_dir
+from pikaci.settings import builder_from_environment
+from pikaci.transport import Transport
+
+Log = Callable[[str], None]
+
+
+class IncusAdminError(Exception):
+    """One line naming what failed."""
+
+
+def open_host(remote: bool, log: Log) -> IncusHost:
+    if not remote:
+        return LocalHost(log)
+    return BuilderHost(Transport(builder_from_environment(os.environ), control_dir(), log))
+
+
+def settings(remote: bool) -> incus.IncusSettings:
+    return incus.incus_settings_from_environment(os.environ, sudo_default=remote)
+
+
+def _run(host: IncusHost, label: str, argv: Sequence[str], **kwargs: Any) -> HostResult:
+    done = host.script(label, shlex.join(list(argv)), **kwargs)
+    if done.exit_code != 0:
+        lines = [line.strip() for line in done.text.splitlines() if line.strip()]
+        tail = f": {lines[-1][:300]}" if lines else ""
+        raise IncusAdminError(f"{label} on {host.name} failed (exit {done.exit_code}){tail}")
+    return done
+
+
+# -- image ------------------------------------------------------------------------------------
+
+
+def image_fingerprint(files: Sequence[Path]) -> str:
+    """Incus's fingerprint of an image: SHA-256 over the unified tarball, or over the metadata
+    tarball followed by the rootfs (split images, as the NixOS image is built)."""
+    digest = hashlib.sha256()
+    for path in files:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def alias_fingerprint(host: IncusHost, config: incus.IncusSettings) -> Optional[str]:
+    """The fingerprint the alias points at, or None when no image has it."""
+    listed = _run(host, "incus image list", incus.image_list_argv(config))
+    try:
+        return incus.parse_image_identity(listed.text, config).fingerprint
+    except incus.IncusError as exc:
+        if "no image" in str(exc):
+            return None
+        raise IncusAdminError(str(exc)) from None
+
+
+@dataclass
+class ImageImport:
+    alias: str
+    project: str
+    fingerprint: str
+    imported: bool  # False: the alias already named this image
+
+
+def image_files(paths: Sequence[str]) -> List[Path]:
+    if len(paths) not in (1, 2):
+        raise IncusAdminError(
+            "give the image as one unified tarball, or as metadata and rootfs (two files)"
+        )
+    files = [Path(p) for p in paths]
+    for path in files:
+        if not path.is_file():
+            raise IncusAdminError(f"image file {path} does not exist")
+    return files
+
+
+def import_image(
+    host: IncusHost, config: incus.IncusSettings, files: Sequence[Path]
+) -> ImageImport:
+    """Import `files` under the alias unless the alias already names exactly this image."""
+    wanted = image_fingerprint(files)
+    current = alias_fingerprint(host, config)
+    if current == wanted:
+        return ImageImport(config.image_alias, config.project, wanted, imported=False)
+    known = host.script("incus image show", shlex.join(_image_argv(config, "show", wanted)))
+    if known.exit_code == 0:
+        # the image is there under another name: point the alias at it
+        if current is not None:
+            _run(
+                host,
+                "incus image alias delete",
+                _image_argv(config, "alias", "delete", config.image_alias),
+            )
+        _run(
+            host,
+            "incus image alias create",
+            _image_argv(config, "alias", "create", config.image_alias, wanted),
+        )
+        return ImageImport(config.image_alias, config.project, wanted, imported=True)
+    argv = incus.incus_argv(
+        config,
+        "image",
+        "import",
+        "--project",
+        config.project,
+        *[str(path) for path in files],
+        "--alias",
+        config.image_alias,
+        "--reuse",
+    )
+    _run(host, "incus image import", argv, timeout_secs=1800)
+    now = alias_fingerprint(host, config)
+    if now != wanted:
+        raise IncusAdminError(
+            f"after the import, alias {config.image_alias} names {now}, not {wanted}"
+        )
+    return ImageImport(config.image_alias, config.project, wanted, imported=True)
+
+
+def _image_argv(config: incus.IncusSettings, *args: str) -> List[str]:
+    return incus.incus_argv(config, "--project", config.project, "image", *args)
+
+
+# -- reaping ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ReapReport:
+    removed: List[str] = field(default_factory=list)
+    kept: List[str] = field(default_factory=list)  # marked but younger than the bound
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"removed": self.removed, "kept": self.kept}
+
+
+def reap_instances(
+    host: IncusHost, config: incus.IncusSettings, older_than_secs: float, log: Log
+) -> ReapReport:
+    """Delete instances carrying pikaci's ownership marker that are older than the bound.
+    Instances without the marker are never touched."""
+    if older_than_secs < 0:
+        raise IncusAdminError("--older-than must be zero or positive")
+    listed = _run(host, "incus list", incus.list_instances_argv(config))
+    owned = incus.parse_owned_instances(listed.text)
+    doomed = incus.reap_candidates(owned, datetime.now(timezone.utc), older_than_secs)
+    report = ReapReport()
+    for item in owned:
+        if item.name not in doomed:
+            report.kept.append(item.name)
+    for name in doomed:
+        _run(host, f"delete {name}", incus.delete_argv(config, name))
+        log(f"removed instance {name}")
+        report.removed.append(name)
+    return report
+
+
+def dumps(data: Dict[str, Any]) -> str:
+    return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()

@@ -1,0 +1,436 @@
+"""`local` + `incus` and `remote_ssh` + `incus`: the lane runs in an Incus instance.
+
+The same steps either way; only where the `incus` commands run differs (`IncusHost`: a local
+shell, or the builder's over the shared SSH connection). Phases, each timed into the job's
+`remote_linux_vm_execution`:
+
+1. prepare_directories: the job's directories (on the builder: `<work>/runs/<run>/jobs/<job>`);
+2. stage_workspace_snapshot: locally the target's snapshot; on a builder the snapshot is
+   leased and published (content-addressed, once);
+3. prepare_runtime (one script): reap marked instances older than the bound, read the image
+   identity (exact alias match), delete a stale instance of the same name, `init` with limits
+   and the ownership marker, add the snapshot and every payload mount as read-only disks,
+   `start`, and wait until `incus exec … true` answers (bounded);
+4. launch_guest: write the guest request with `incus exec … sh -c 'cat > …'` from stdin;
+5. wait_for_completion: `incus exec … pikaci-incus-run <request>`, output streamed into the
+   host log, bounded by the lane timeout plus a grace (the runner enforces the timeout itself);
+6. collect_artifacts: one tar of the runner's files and the lane's artifacts, collected as the
+   sandboxes collect theirs.
+
+The instance is deleted with `--force` whatever happens: pass, failure, timeout, interrupt or
+an error of pikaci's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable, Iterator, List, Optional, Protocol, Sequence, Tuple
+
+from pikaci import incus
+from pikaci.model import (
+    IncusImage,
+    PhaseTiming,
+    RemoteLinuxVmExecution,
+    dumps_pretty,
+    duration_ms,
+    now_timestamp,
+)
+from pikaci.remote import RemoteLayout, hold_snapshot
+from pikaci.runtimes.base import JobContext, Outcome
+from pikaci.runtimes.guest_layout import (
+    HOST_TIMEOUT_GRACE_SECS,
+    MountSources,
+    collect_runtime_dir,
+    guest_request,
+    payload_mounts,
+    result_file_loader,
+    runner_outcome,
+    runtime_dir,
+)
+from pikaci.runtimes.remote_common import (
+    extract_archive,
+    open_transport,
+    publish_lane_snapshot,
+    require_builder,
+    streamer,
+)
+from pikaci.runtimes.remote_sandbox import builder_mount_sources
+from pikaci.runtimes.sandbox import local_mount_sources
+from pikaci.transport import RemoteCommandError, Transport
+
+# marked instances older than this are leftovers of runs that died; reaped before creating
+REAP_AFTER_SECS = 6 * 3600
+ENV_REAP_AFTER = "PIKACI_INCUS_REAP_AFTER_SECS"
+_TIMEOUT_CODES = (124, 137)
+READY_POLL_SECS = 0.2
+
+
+class IncusRuntimeError(Exception):
+    """One line: which step failed where, and the tail of what it printed."""
+
+
+@dataclass(frozen=True)
+class HostResult:
+    exit_code: int
+    stdout: bytes
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode("utf-8", "replace")
+
+
+class IncusHost(Protocol):
+    """Where the `incus` client runs."""
+
+    name: str
+
+    def script(
+        self,
+        label: str,
+        script: str,
+        *,
+        stdin: Optional[bytes] = None,
+        timeout_secs: Optional[float] = None,
+        on_line: Optional[Callable[[str], None]] = None,
+    ) -> HostResult: ...
+
+
+class LocalHost:
+    """This machine: `sh -c` in a process group of its own, killed on timeout or interrupt."""
+
+    name = "localhost"
+
+    def __init__(
+        self,
+        log: Callable[[str], None],
+        track_process: Callable[[Optional[int]], None] = lambda pgid: None,
+    ) -> None:
+        self.log = log
+        self.track_process = track_process
+
+    def script(
+        self,
+        label: str,
+        script: str,
+        *,
+        stdin: Optional[bytes] = None,
+        timeout_secs: Optional[float] = None,
+        on_line: Optional[Callable[[str], None]] = None,
+    ) -> HostResult:
+        self.log(f"{label}: {script}")
+        proc = subprocess.Popen(
+            ["sh", "-c", script],
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.track_process(proc.pid)
+        chunks: List[bytes] = []
+        reader = threading.Thread(target=_read, args=(proc, chunks, on_line), daemon=True)
+        reader.start()
+        try:
+            if stdin is not None and proc.stdin is not None:
+                with contextlib.suppress(BrokenPipeError):
+                    proc.stdin.write(stdin)
+                proc.stdin.close()
+            try:
+                code = proc.wait(timeout=timeout_secs)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                code = 124
+        except BaseException:
+            _kill_group(proc)
+            raise
+        finally:
+            reader.join(10)
+            self.track_process(None)
+        return HostResult(code, b"".join(chunks))
+
+
+def _read(
+    proc: subprocess.Popen[bytes], chunks: List[bytes], on_line: Optional[Callable[[str], None]]
+) -> None:
+    assert proc.stdout is not None
+    for line in iter(proc.stdout.readline, b""):
+        chunks.append(line)
+        if on_line is not None:
+            on_line(line.decode("utf-8", "replace").rstrip("\r\n"))
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+class BuilderHost:
+    """The builder, over the shared connection; its wrapper bounds every command there too."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.name = transport.builder.host
+
+    def script(
+        self,
+        label: str,
+        script: str,
+        *,
+        stdin: Optional[bytes] = None,
+        timeout_secs: Optional[float] = None,
+        on_line: Optional[Callable[[str], None]] = None,
+    ) -> HostResult:
+        result = self.transport.run(
+            label, script, stdin=stdin, timeout_secs=timeout_secs, on_line=on_line, check=False
+        )
+        return HostResult(result.exit_code, result.stdout)
+
+
+class _Phases:
+    """Times each phase into the job record as it completes (an interrupted lane keeps the
+    phases it got through)."""
+
+    def __init__(self, ctx: JobContext, settings: incus.IncusSettings) -> None:
+        self.ctx = ctx
+        self.execution = RemoteLinuxVmExecution(backend=incus.BACKEND)
+        self.settings = settings
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = now_timestamp()
+        clock = time.monotonic()
+        try:
+            yield
+        finally:
+            finished = now_timestamp()
+            self.execution.phases.append(
+                PhaseTiming(
+                    phase=name,
+                    started_at=started,
+                    finished_at=finished,
+                    duration_ms=duration_ms(started, finished),
+                )
+            )
+            self.ctx.host_log.note(f"phase {name}: {time.monotonic() - clock:.2f}s")
+            self.ctx.record_vm_execution(self.execution)
+
+
+class IncusRuntime:
+    def __init__(self, remote: bool) -> None:
+        self.remote = remote
+
+    def execute(self, ctx: JobContext) -> Outcome:
+        settings = incus.incus_settings_from_environment(os.environ, sudo_default=self.remote)
+        phases = _Phases(ctx, settings)
+        instance = incus.instance_name(ctx.run_id, ctx.lane.id)
+        shutil.rmtree(runtime_dir(ctx).parent, ignore_errors=True)  # an earlier host verdict
+        with contextlib.ExitStack() as stack:
+            with phases.phase("prepare_directories"):
+                host, mounts_of = self._host(ctx, stack)
+            with phases.phase("stage_workspace_snapshot"):
+                snapshot = self._stage(ctx, host, stack)
+            devices = _plan_devices(ctx, settings, instance, snapshot, mounts_of)
+            # from here on the instance may exist: delete it whatever happens
+            stack.callback(_delete, ctx, host, settings, instance)
+            with phases.phase("prepare_runtime"):
+                phases.execution.incus_image = _prepare(ctx, host, settings, instance, devices)
+            with phases.phase("launch_guest"):
+                _write_request(ctx, host, settings, instance)
+            with phases.phase("wait_for_completion"):
+                code, timed_out = _run_guest(ctx, host, settings, instance)
+            with phases.phase("collect_artifacts"):
+                _pull_run_dir(ctx, host, settings, instance)
+        load = result_file_loader(runtime_dir(ctx) / "result.json")
+        return runner_outcome(ctx, load, code, timed_out)
+
+    def collect(self, ctx: JobContext, outcome: Outcome) -> Outcome:
+        return collect_runtime_dir(ctx, outcome)
+
+    def _host(self, ctx: JobContext, stack: contextlib.ExitStack) -> Tuple[IncusHost, MountSources]:
+        if not self.remote:
+            ctx.artifacts_dir.mkdir(parents=True, exist_ok=True)
+            return LocalHost(ctx.host_log.note, ctx.track_process), local_mount_sources
+        builder = require_builder(ctx)
+        transport = open_transport(ctx, builder)
+        job = RemoteLayout.for_builder(builder).job_dir(ctx.run_id, ctx.lane.id)
+        transport.run("prepare job directory", f"mkdir -p {shlex.quote(job)}")
+        return BuilderHost(transport), builder_mount_sources(builder)
+
+    def _stage(self, ctx: JobContext, host: IncusHost, stack: contextlib.ExitStack) -> str:
+        if not isinstance(host, BuilderHost):
+            return str(ctx.snapshot_dir)
+        layout = RemoteLayout.for_builder(host.transport.builder)
+        lease = hold_snapshot(
+            host.transport, layout, ctx.snapshot_id, ctx.run_id, log=ctx.host_log.note
+        )
+        snapshot = stack.enter_context(lease)  # held until the instance is gone
+        publish_lane_snapshot(ctx, host.transport, layout)
+        return snapshot
+
+
+def _reap_after_secs() -> int:
+    raw = os.environ.get(ENV_REAP_AFTER, "").strip()
+    if not raw:
+        return REAP_AFTER_SECS
+    if not raw.isdigit():
+        raise ValueError(f"{ENV_REAP_AFTER}: expected a number of seconds, got {raw!r}")
+    return int(raw)
+
+
+def _q(words: Sequence[str]) -> str:
+    return shlex.join(list(words))
+
+
+def _fail(ctx: JobContext, host: IncusHost, what: str, result: HostResult) -> IncusRuntimeError:
+    lines = [line.strip() for line in result.text.splitlines() if line.strip()]
+    tail = lines[-1][:300] if lines else ""
+    return IncusRuntimeError(
+        f"{what} on {host.name} failed (exit {result.exit_code})" + (f": {tail}" if tail else "")
+    )
+
+
+def reap(host: IncusHost, settings: incus.IncusSettings, ctx: JobContext) -> List[str]:
+    """Delete marked instances older than the bound (never unmarked ones); returns their names."""
+    listed = host.script("list instances", _q(incus.list_instances_argv(settings)))
+    if listed.exit_code != 0:
+        raise _fail(ctx, host, "incus list", listed)
+    owned = incus.parse_owned_instances(listed.text)
+    now = datetime.now(timezone.utc)
+    doomed = incus.reap_candidates(owned, now, _reap_after_secs(), keep_run_ids=(ctx.run_id,))
+    for name in doomed:
+        ctx.host_log.note(f"reaping leftover instance {name} (older than {_reap_after_secs()}s)")
+        host.script(f"reap {name}", _q(incus.delete_argv(settings, name)))
+    return doomed
+
+
+def _plan_devices(
+    ctx: JobContext,
+    settings: incus.IncusSettings,
+    instance: str,
+    snapshot: str,
+    mounts_of: MountSources,
+) -> List[List[str]]:
+    """The snapshot and every payload mount as read-only disk devices, checked before any
+    instance exists (reserved guest paths, shared guest paths, device names)."""
+    payload_mounts(ctx.payloads, mounts_of)
+    specs = [
+        (str(source), mount.guest_path, output.manifest.kind, mount.name)
+        for output in ctx.payloads
+        for mount, source in mounts_of(output)
+    ]
+    return incus.plan_devices(settings, instance, snapshot, specs)
+
+
+def _prepare(
+    ctx: JobContext,
+    host: IncusHost,
+    settings: incus.IncusSettings,
+    instance: str,
+    devices: Sequence[List[str]],
+) -> IncusImage:
+    reap(host, settings, ctx)
+    listed = host.script("image identity", _q(incus.image_list_argv(settings)))
+    if listed.exit_code != 0:
+        raise _fail(ctx, host, f"incus image list {settings.image_alias}", listed)
+    image = incus.parse_image_identity(listed.text, settings)
+    ctx.host_log.note(f"image {image.alias} in project {image.project}: {image.fingerprint}")
+    owner = incus.owner_config(ctx.run_id, now_timestamp())
+    # the bound is upstream's (attempts x interval); polled finer, since a container is
+    # usually ready a fraction of a second after `start`
+    bound = settings.ready_attempts * settings.ready_interval_secs
+    poll = min(READY_POLL_SECS, settings.ready_interval_secs)
+    polls = max(1, int(bound / poll))
+    lines = [
+        "set -eu",
+        f"{_q(incus.delete_argv(settings, instance))} >/dev/null 2>&1 || true",
+        _q(incus.init_argv(settings, instance, owner)),
+        *[
+            # sources resolved on the host that mounts them, as upstream
+            _device_line(argv)
+            for argv in devices
+        ],
+        _q(incus.start_argv(settings, instance)),
+        "n=0",
+        f"until {_q(incus.ready_probe_argv(settings, instance))} >/dev/null 2>&1; do",
+        "  n=$((n + 1))",
+        f'  if [ "$n" -ge {polls} ]; then',
+        '    echo "Incus instance did not become ready in time"; exit 3',
+        "  fi",
+        f"  sleep {poll:g}",
+        "done",
+        "echo ready",
+    ]
+    limit = 2 * bound + 300  # init, devices and start come on top of the readiness wait
+    done = host.script("prepare instance", "\n".join(lines), timeout_secs=limit)
+    if done.exit_code != 0:
+        raise _fail(ctx, host, f"preparing instance {instance}", done)
+    return image
+
+
+def _device_line(argv: List[str]) -> str:
+    """The device-add command with its `source=` resolved (`readlink -f`) where it runs."""
+    index = next(i for i, word in enumerate(argv) if word.startswith("source="))
+    source = argv[index][len("source=") :]
+    head, tail = _q(argv[:index]), _q(argv[index + 1 :])
+    resolved = f'"source=$(readlink -f {shlex.quote(source)})"'
+    return f"{head} {resolved} {tail}".rstrip()
+
+
+def _write_request(
+    ctx: JobContext, host: IncusHost, settings: incus.IncusSettings, instance: str
+) -> None:
+    request = dumps_pretty(guest_request(ctx))
+    argv = incus.write_file_argv(settings, instance, incus.GUEST_REQUEST_PATH)
+    done = host.script("write guest request", _q(argv), stdin=request)
+    if done.exit_code != 0:
+        raise _fail(ctx, host, "writing the guest request", done)
+
+
+def _run_guest(
+    ctx: JobContext, host: IncusHost, settings: incus.IncusSettings, instance: str
+) -> Tuple[int, bool]:
+    limit = ctx.lane.timeout_secs + HOST_TIMEOUT_GRACE_SECS
+    started = time.monotonic()
+    done = host.script(
+        f"lane {ctx.lane.id}",
+        _q(incus.launch_argv(settings, instance)),
+        timeout_secs=limit,
+        on_line=streamer(ctx, "[runner:stdout] "),
+    )
+    elapsed = time.monotonic() - started
+    timed_out = done.exit_code in _TIMEOUT_CODES and elapsed >= limit
+    if timed_out:
+        ctx.host_log.note(f"timeout after {limit}s, killing the guest command")
+    ctx.host_log.note(f"guest runner exited with {done.exit_code} after {elapsed:.2f}s")
+    return done.exit_code, timed_out
+
+
+def _pull_run_dir(
+    ctx: JobContext, host: IncusHost, settings: incus.IncusSettings, instance: str
+) -> None:
+    argv = incus.exec_argv(settings, instance, ["tar", "-C", incus.GUEST_RUN_DIR, "-cf", "-", "."])
+    done = host.script("collect guest files", _q(argv))
+    if done.exit_code != 0:
+        raise _fail(ctx, host, "collecting the guest's files", done)
+    staging = runtime_dir(ctx)
+    staging.mkdir(parents=True, exist_ok=True)
+    extract_archive(done.stdout, staging, ctx.host_log.note)
+
+
+def _delete(ctx: JobContext, host: IncusHost, settings: incus.IncusSettings, instance: str) -> None:
+    try:
+        done = host.script(f"delete {instance}", _q(incus.delete_argv(settings, instance)))
+    except (RemoteCommandError, OSError) as exc:
+        ctx.host_log.note(f"deleting {instance} failed: {exc}")
+        return
+    if done.exit_code != 0:
+        ctx.host_log.note(f"deleting {instance} failed (exit {done.exit_code}): {done.text[-300:]}")
