@@ -3,9 +3,14 @@
 doit list --all            every task (lanes are `lane:<id>`, targets `target:<id>`)
 doit run lane:demo         the demo lane (also what plain `doit` runs)
 doit run target:pikaci     the repository's own checks
+doit check_invariants      invariants/invariants.toml, decided by scripts/check_invariants.py
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Dict
 
 from pikaci.catalog import (
     PLACEMENT_LOCAL,
@@ -81,3 +86,14 @@ CATALOG = Catalog(
 
 _CONFIG, task_pikaci = declare(CATALOG, __file__)
 DOIT_CONFIG = {**_CONFIG, "default_tasks": ["lane:demo"]}
+
+
+def task_check_invariants() -> Dict[str, Any]:
+    """check invariants/invariants.toml (never run by plain `doit`)"""
+    root = Path(__file__).resolve().parent
+    script = root / "scripts" / "check_invariants.py"
+    return {
+        "actions": [[sys.executable, str(script), "--root", str(root)]],
+        "verbosity": 2,
+        "uptodate": [False],
+    }

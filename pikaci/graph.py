@@ -38,6 +38,7 @@ from pikaci.catalog import (
     Lane,
     Target,
 )
+from pikaci.forge_tasks import forge_tasks, is_ci_task
 from pikaci.incus_tasks import (
     INCUS_IMAGE_TASK,
     INCUS_REAP_TASK,
@@ -366,6 +367,7 @@ class TaskBuilder:
         yield self._gc_remote_task()
         yield incus_image_task()
         yield incus_reap_task()
+        yield from forge_tasks(self.catalog, self.session.settings)
         built: List[str] = []
         for target in self.catalog.targets:
             yield self._snapshot_task(target)
@@ -760,7 +762,7 @@ class CatalogLoader(TaskLoader2):  # type: ignore[misc]
             item["basename"] if item.get("name") is None else f"{item['basename']}:{item['name']}"
             for item in dicts
         )
-        return [name for name in names if name not in MAINTENANCE_TASKS]
+        return [name for name in names if name not in MAINTENANCE_TASKS and not is_ci_task(name)]
 
     def task_dicts(self) -> List[TaskDict]:
         try:

@@ -6,6 +6,7 @@
     pikaci gc-remote [--keep-runs N] [--keep-snapshots-days D] [--json]   on $PIKACI_BUILDER
     pikaci incus-image FILE [ROOTFS] [--remote]    import the guest image under its alias
     pikaci incus-reap [--older-than SECS] [--remote] [--json]   delete leftover instances
+    pikaci ci-plan [--base REF] [--worktree] [--nightly] [--json]   forge lanes to run, and why
     pikaci doit ARGS...          any doit command over the repository's catalog
 
 `run` and `doit` read the catalog from the repository's `dodo.py` (its `CATALOG`), through
@@ -25,6 +26,8 @@ from typing import Any, List, Optional, Sequence, Tuple
 from pikaci import incus, incus_admin, incus_tasks
 from pikaci.catalog import Catalog
 from pikaci.cli import inspect, remote_gc
+from pikaci.forge import BRANCH, NIGHTLY, ChangeSetError, ForgeManifestError
+from pikaci.forge_tasks import compute_plan, render_plan
 from pikaci.model import RUN_FAILED, RUN_SKIPPED, RecordError
 from pikaci.session import OUTPUT_MODES, Settings
 from pikaci.settings import builder_from_environment, settings_from_environment
@@ -99,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reap.add_argument("--remote", action="store_true", help="on the builder ($PIKACI_BUILDER)")
     reap.add_argument("--json", action="store_true", help="the result as one JSON object")
+    plan = sub.add_parser(
+        "ci-plan", help="which lanes of ci/forge-lanes.toml the changes select, and why"
+    )
+    plan.add_argument("--base", default="", help="compare with the merge base of REF and HEAD")
+    plan.add_argument(
+        "--worktree", action="store_true", help="also count uncommitted and untracked changes"
+    )
+    plan.add_argument("--nightly", action="store_true", help="the nightly lanes instead")
+    plan.add_argument("--json", action="store_true", help="the plan as one JSON object")
     doit = sub.add_parser("doit", help="any doit command over the catalog", add_help=False)
     doit.add_argument("doit_args", nargs=argparse.REMAINDER)
     return parser
@@ -133,6 +145,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         StoreError,
         RecordError,
         UsageError,
+        ForgeManifestError,
+        ChangeSetError,
         ValueError,
         incus.IncusError,
         incus_admin.IncusAdminError,
@@ -163,6 +177,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
     if args.command in ("incus-image", "incus-reap"):
         return _incus(args)
+    if args.command == "ci-plan":
+        kind = NIGHTLY if args.nightly else BRANCH
+        plan = compute_plan(source_root, kind, args.base, args.worktree)
+        sys.stdout.write(render_plan(plan, kind, args.json))
+        return 0
     if args.command in ("run", "rerun", "doit"):
         settings = settings_from_environment(
             source_root, args.state_root, getattr(args, "output", None)

@@ -1,0 +1,240 @@
+"""doit entry points over `ci/forge-lanes.toml`: `ci:branch`, `ci:nightly` and `ci:plan`.
+
+They exist when the source root has the manifest, belong to no target and run only when named
+(never by plain `doit`). `ci:branch` selects branch lanes from the changed paths, prints the
+plan, then runs the selected lanes: a staged lane runs its catalog target (`target:<id>`) in a
+nested doit over the same catalog, state root and dep file (one run record for all of them, so
+an unchanged lane is reused as usual); a command lane runs its argv in the source root with a
+timeout. Every selected lane runs even when an earlier one fails; the task fails if any did.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import orjson
+from doit.exceptions import TaskError, TaskFailed
+
+from pikaci.catalog import Catalog
+from pikaci.forge import (
+    BRANCH,
+    MANIFEST_PATH,
+    NIGHTLY,
+    ChangeSet,
+    ChangeSetError,
+    ForgeLane,
+    ForgeManifest,
+    ForgeManifestError,
+    Selection,
+    changed_paths,
+    load_manifest,
+    plan_dict,
+    select_branch,
+    select_nightly,
+)
+from pikaci.runtimes.process import kill_process_group
+from pikaci.session import Settings
+
+CI_BASENAME = "ci"
+COMMAND_TIMEOUT_SECS = 3 * 3600
+TaskDict = Dict[str, Any]
+
+_BASE_PARAM = {
+    "name": "base",
+    "long": "base",
+    "type": str,
+    "default": "",
+    "help": "compare HEAD with its merge base with this ref (empty: no base; a clean tree "
+    "then selects every branch lane)",
+}
+_WORKTREE_PARAM = {
+    "name": "worktree",
+    "long": "worktree",
+    "type": bool,
+    "default": False,
+    "help": "also count uncommitted and untracked changes",
+}
+
+
+def is_ci_task(name: str) -> bool:
+    return name == CI_BASENAME or name.startswith(f"{CI_BASENAME}:")
+
+
+def manifest_file(source_root: Path) -> Path:
+    return source_root / MANIFEST_PATH
+
+
+def forge_tasks(catalog: Catalog, settings: Settings) -> Iterator[TaskDict]:
+    """The `ci:*` tasks, when the source root has a manifest (read when a task runs, so a
+    broken manifest fails those tasks and leaves every other one alone)."""
+    if not manifest_file(settings.source_root).is_file():
+        return
+    runner = _ForgeRunner(catalog, settings)
+    yield {
+        "basename": CI_BASENAME,
+        "name": None,
+        "doc": f"forge lanes of {MANIFEST_PATH}: ci:branch --base REF, ci:nightly, ci:plan",
+    }
+    yield {
+        "basename": CI_BASENAME,
+        "name": BRANCH,
+        "doc": "run the branch lanes the changes since --base select (see ci:plan)",
+        "params": [_BASE_PARAM, _WORKTREE_PARAM],
+        "actions": [runner.branch],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+    yield {
+        "basename": CI_BASENAME,
+        "name": NIGHTLY,
+        "doc": "run every nightly lane",
+        "actions": [runner.nightly],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+    yield {
+        "basename": CI_BASENAME,
+        "name": "plan",
+        "doc": "print which lanes ci:branch (or --nightly) would run and why; --json",
+        "params": [
+            _BASE_PARAM,
+            _WORKTREE_PARAM,
+            {"name": "nightly", "long": "nightly", "type": bool, "default": False},
+            {"name": "json", "long": "json", "type": bool, "default": False},
+        ],
+        "actions": [runner.plan],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
+def compute_plan(
+    source_root: Path, kind: str, base: Optional[str], worktree: bool
+) -> Dict[str, Any]:
+    """Manifest, change set and selections; raises ForgeManifestError or ChangeSetError."""
+    manifest = load_manifest(manifest_file(source_root), MANIFEST_PATH)
+    changes: Optional[ChangeSet] = None
+    if kind == NIGHTLY:
+        selections = select_nightly(manifest)
+    else:
+        changes = changed_paths(source_root, base or None, worktree)
+        selections = select_branch(manifest, changes)
+    return {"manifest": manifest, "changes": changes, "selections": selections}
+
+
+def render_plan(plan: Dict[str, Any], kind: str, as_json: bool) -> str:
+    manifest: ForgeManifest = plan["manifest"]
+    selections: List[Selection] = plan["selections"]
+    if as_json:
+        data = plan_dict(manifest, kind, plan["changes"], selections)
+        return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n"
+    return "".join(selection.line() + "\n" for selection in selections)
+
+
+class _ForgeRunner:
+    def __init__(self, catalog: Catalog, settings: Settings) -> None:
+        self.catalog = catalog
+        self.settings = settings
+
+    @property
+    def root(self) -> Path:
+        return self.settings.source_root
+
+    def plan(self, base: str, worktree: bool, nightly: bool, json: bool) -> Any:
+        kind = NIGHTLY if nightly else BRANCH
+        try:
+            plan = compute_plan(self.root, kind, base, worktree)
+        except (ForgeManifestError, ChangeSetError) as exc:
+            return TaskError(f"ci:plan: {exc}")
+        print(render_plan(plan, kind, json), end="")
+        return None
+
+    def branch(self, base: str, worktree: bool) -> Any:
+        return self._run(BRANCH, base, worktree)
+
+    def nightly(self) -> Any:
+        return self._run(NIGHTLY, "", False)
+
+    def _run(self, kind: str, base: str, worktree: bool) -> Any:
+        task = f"{CI_BASENAME}:{kind}"
+        try:
+            plan = compute_plan(self.root, kind, base, worktree)
+        except (ForgeManifestError, ChangeSetError) as exc:
+            return TaskError(f"{task}: {exc}")
+        changes: Optional[ChangeSet] = plan["changes"]
+        if changes is not None:
+            print(f"[ci] changes: {changes.source} ({len(changes.paths)} path(s))")
+        print(render_plan(plan, kind, False), end="", flush=True)
+        lanes = [s.lane for s in plan["selections"] if s.selected]
+        problem = self._unknown_target(lanes)
+        if problem is not None:
+            return TaskError(f"{task}: {problem}")
+        failures: List[str] = []
+        targets = [lane.staged_linux_target for lane in lanes if lane.staged_linux_target]
+        if targets:
+            code = self._run_targets(targets)
+            if code != 0:
+                failures.append(f"target(s) {', '.join(targets)} failed (doit exit {code})")
+        for lane in lanes:
+            if lane.staged_linux_target is None:
+                failure = self._run_command(lane)
+                if failure is not None:
+                    failures.append(failure)
+        if failures:
+            return TaskFailed(f"{task}: " + "; ".join(failures))
+        skipped = len(plan["selections"]) - len(lanes)
+        print(f"[ci] {task}: {len(lanes)} lane(s) passed, {skipped} skipped")
+        return None
+
+    def _unknown_target(self, lanes: Sequence[ForgeLane]) -> Optional[str]:
+        for lane in lanes:
+            target = lane.staged_linux_target
+            if target is not None and self.catalog.target(target) is None:
+                return (
+                    f"{MANIFEST_PATH}: {lane.kind} lane `{lane.id}`: key `staged_linux_target`: "
+                    f"`{target}` is not a target of the catalog"
+                )
+        return None
+
+    def _run_targets(self, targets: Sequence[str]) -> int:
+        """`doit run target:<id>...` through the catalog's own loader; doit's exit code."""
+        from doit.doit_cmd import DoitMain
+
+        from pikaci.graph import CatalogLoader
+
+        loader = CatalogLoader(self.catalog, self.settings)
+        names = [f"target:{target}" for target in targets]
+        try:
+            code: int = DoitMain(loader).run(["run", "--continue", *names])
+        finally:
+            loader.session.finish()  # no-op when its reporter closed the run
+        return code
+
+    def _run_command(self, lane: ForgeLane) -> Optional[str]:
+        """Run a command lane in the source root (its own process group); a failure or None."""
+        print(f"[ci] lane {lane.id}: {lane.entrypoint}", flush=True)
+        try:
+            proc = subprocess.Popen(
+                list(lane.command), cwd=self.root, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        except OSError as exc:
+            return f"lane {lane.id}: cannot start {lane.command[0]}: {exc.strerror or exc}"
+        try:
+            code = proc.wait(timeout=COMMAND_TIMEOUT_SECS)
+        except subprocess.TimeoutExpired:
+            kill_process_group(proc.pid, reap=proc.poll)
+            proc.wait()
+            return f"lane {lane.id}: timed out after {COMMAND_TIMEOUT_SECS}s"
+        except BaseException:
+            kill_process_group(proc.pid, reap=proc.poll)
+            proc.wait()
+            raise
+        if code != 0:
+            return f"lane {lane.id}: exited with {code}"
+        print(f"[ci] lane {lane.id}: passed", flush=True)
+        return None
+
+
+__all__ = ["CI_BASENAME", "compute_plan", "forge_tasks", "is_ci_task", "render_plan"]
