@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from pikaci import forge
 from pikaci.catalog import REALIZE_COPY, REALIZE_ON_BUILDER, Catalog, Lane, Target
 from pikaci.gitinfo import GitState, git_state
 from pikaci.model import (
@@ -220,7 +221,7 @@ class RunSession:
                 plan_path=str(run_dir / PLAN_FILE),
                 prepared_outputs_path=str(run_dir / PREPARED_OUTPUTS_FILE),
                 changed_files=list(rerun.changed_files) if rerun else [],
-                filters=list(rerun.filters) if rerun else [],
+                filters=list(rerun.filters) if rerun else self._manifest_filters(target),
                 message=f"rerun of {rerun.run_id}" if rerun else None,
             )
             if rerun:
@@ -527,6 +528,18 @@ class RunSession:
             if node in run.failed_prepares:
                 return f"prepare node `{node}` failed before execute: {run.failed_prepares[node]}"
         return None
+
+    def _manifest_filters(self, target: Optional[Target]) -> List[str]:
+        """A staged target's path filters, read from the forge manifest (their only source);
+        none without a manifest. A manifest problem is reported, never fatal to the run."""
+        manifest_path = self.settings.source_root / forge.MANIFEST_PATH
+        if target is None or target.payloads is None or not manifest_path.is_file():
+            return []
+        try:
+            return list(forge.filters_for_target(forge.load_manifest(manifest_path), target.id))
+        except forge.ForgeManifestError as exc:
+            self._stderr.write(f"pikaci: warning: no path filters recorded: {exc}\n")
+            return []
 
     def _prepare_nodes(self, target: Target) -> List[str]:
         owner = self.owners.get(target.payloads.id) if target.payloads else None

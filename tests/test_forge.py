@@ -607,3 +607,35 @@ def test_ci_nightly_and_failures(forge_project, tmp_path):
     # the manifest is part of every snapshot, so every target's lanes run again
     lanes = [t for t in executed_tasks(failing.stdout) if t.startswith("lane:")]
     assert sorted(lanes) == ["lane:a1", "lane:a2", "lane:b1"]
+
+
+@pytest.mark.slow
+def test_a_staged_run_records_its_targets_filters_from_the_manifest(make_staged_project):
+    lane = LaneSpec("show", "true", runtime="bubblewrap")
+    project = make_staged_project({"run-show": "true"}, {"main": [lane]})
+    project.write(
+        "ci/forge-lanes.toml",
+        textwrap.dedent(
+            """\
+            version = 1
+            nightly_schedule_utc = "08:00"
+
+            [[branch.lanes]]
+            id = "main_lane"
+            staged_linux_target = "main"
+            paths = ["src/**", "flake.nix"]
+            """
+        ),
+    )
+    project.commit("manifest")
+    done = project.doit("run", "lane:show")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert project.latest_run()["filters"] == ["src/**", "flake.nix"]
+
+    # a manifest without the target's lane: the run goes on, the problem is reported
+    project.write("ci/forge-lanes.toml", 'version = 1\nnightly_schedule_utc = "08:00"\n')
+    project.commit("manifest without the lane")
+    again = project.doit("run", "lane:show")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "missing forge lane manifest entry for `main`" in again.stderr
+    assert project.latest_run()["filters"] == []
