@@ -21,16 +21,10 @@ from pikaci.model import UploadRecord
 from pikaci.nodes import build_node, build_task, upload_task
 from pikaci.remote import RemoteLayout, hold_snapshot, publish_snapshot
 from pikaci.runtimes.base import RESIDENCY_BUILDER, RESIDENCY_LOCAL
-from pikaci.runtimes.remote_common import control_dir, snapshot_upload
-from pikaci.transport import Builder, Transport, TransportError
+from pikaci.runtimes.remote_common import connect, snapshot_upload
+from pikaci.transport import Builder, TransportError
 
 Log = Callable[[str], None]
-
-
-def open_transport(builder: Builder, log: Log) -> Transport:
-    """A transport over the builder's shared connection. It is never closed here: the master
-    outlives the task (ControlPersist), so the next task, lane or run reuses it."""
-    return Transport(builder, control_dir(), log)
 
 
 def require_builder(builder: Optional[Builder], target: Target) -> Builder:
@@ -41,7 +35,7 @@ def require_builder(builder: Optional[Builder], target: Target) -> Builder:
 
 def builder_lacks(builder: Builder, paths: Sequence[str], label: str, log: Log) -> List[str]:
     """Which of `paths` the builder's store does not have (one round trip)."""
-    return builder_nix.missing_paths(open_transport(builder, log), paths, label)
+    return builder_nix.missing_paths(connect(builder, log), paths, label)
 
 
 def build_on_builder(
@@ -61,7 +55,7 @@ def build_on_builder(
     ref = getattr(target.payloads, role)
     tree_id = str(snapshot.get("tree_id") or snapshot["content_hash"])
     layout = RemoteLayout.for_builder(builder)
-    transport = open_transport(builder, log)
+    transport = connect(builder, log)
     with hold_snapshot(transport, layout, tree_id, run_id, log=log) as remote_snapshot:
         published = publish_snapshot(
             transport, layout, Path(snapshot["snapshot_dir"]), tree_id, log
@@ -105,7 +99,7 @@ def upload_payloads(
     """`upload:<payload>`: the builder gets the closure of the locally built outputs."""
     task_name = upload_task(payload_id)
     paths = [str(values["store_path"]) for values in outputs]
-    transport = open_transport(builder, log)
+    transport = connect(builder, log)
     stats = builder_nix.copy_closure(
         transport, paths, builder_nix.ssh_options_for(transport), task_name, log
     )

@@ -10,43 +10,40 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import orjson
 
 from pikaci import incus
-from pikaci.runtimes.incus_runtime import BuilderHost, HostResult, IncusHost, LocalHost
-from pikaci.runtimes.remote_common import control_dir
+from pikaci.runtimes.incus_runtime import (
+    BuilderHost,
+    IncusHost,
+    IncusRuntimeError,
+    LocalHost,
+    ReapReport,
+    reap,
+    run_checked,
+)
+from pikaci.runtimes.remote_common import connect
 from pikaci.settings import builder_from_environment
-from pikaci.transport import Transport
 
 Log = Callable[[str], None]
 
 
-class IncusAdminError(Exception):
-    """One line naming what failed."""
+# one error type for the runtime and the housekeeping (both drive the same incus commands)
+IncusAdminError = IncusRuntimeError
 
 
 def open_host(remote: bool, log: Log) -> IncusHost:
     if not remote:
         return LocalHost(log)
-    return BuilderHost(Transport(builder_from_environment(os.environ), control_dir(), log))
+    return BuilderHost(connect(builder_from_environment(os.environ), log))
 
 
 def settings(remote: bool) -> incus.IncusSettings:
     return incus.incus_settings_from_environment(os.environ, sudo_default=remote)
-
-
-def _run(host: IncusHost, label: str, argv: Sequence[str], **kwargs: Any) -> HostResult:
-    done = host.script(label, shlex.join(list(argv)), **kwargs)
-    if done.exit_code != 0:
-        lines = [line.strip() for line in done.text.splitlines() if line.strip()]
-        tail = f": {lines[-1][:300]}" if lines else ""
-        raise IncusAdminError(f"{label} on {host.name} failed (exit {done.exit_code}){tail}")
-    return done
 
 
 # -- image ------------------------------------------------------------------------------------
@@ -65,7 +62,7 @@ def image_fingerprint(files: Sequence[Path]) -> str:
 
 def alias_fingerprint(host: IncusHost, config: incus.IncusSettings) -> Optional[str]:
     """The fingerprint the alias points at, or None when no image has it."""
-    listed = _run(host, "incus image list", incus.image_list_argv(config))
+    listed = run_checked(host, "incus image list", incus.image_list_argv(config))
     try:
         return incus.parse_image_identity(listed.text, config).fingerprint
     except incus.IncusError as exc:
@@ -106,12 +103,12 @@ def import_image(
     if known.exit_code == 0:
         # the image is there under another name: point the alias at it
         if current is not None:
-            _run(
+            run_checked(
                 host,
                 "incus image alias delete",
                 _image_argv(config, "alias", "delete", config.image_alias),
             )
-        _run(
+        run_checked(
             host,
             "incus image alias create",
             _image_argv(config, "alias", "create", config.image_alias, wanted),
@@ -128,7 +125,7 @@ def import_image(
         config.image_alias,
         "--reuse",
     )
-    _run(host, "incus image import", argv, timeout_secs=1800)
+    run_checked(host, "incus image import", argv, timeout_secs=1800)
     now = alias_fingerprint(host, config)
     if now != wanted:
         raise IncusAdminError(
@@ -144,15 +141,6 @@ def _image_argv(config: incus.IncusSettings, *args: str) -> List[str]:
 # -- reaping ----------------------------------------------------------------------------------
 
 
-@dataclass
-class ReapReport:
-    removed: List[str] = field(default_factory=list)
-    kept: List[str] = field(default_factory=list)  # marked but younger than the bound
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"removed": self.removed, "kept": self.kept}
-
-
 def reap_instances(
     host: IncusHost, config: incus.IncusSettings, older_than_secs: float, log: Log
 ) -> ReapReport:
@@ -160,17 +148,9 @@ def reap_instances(
     Instances without the marker are never touched."""
     if older_than_secs < 0:
         raise IncusAdminError("--older-than must be zero or positive")
-    listed = _run(host, "incus list", incus.list_instances_argv(config))
-    owned = incus.parse_owned_instances(listed.text)
-    doomed = incus.reap_candidates(owned, datetime.now(timezone.utc), older_than_secs)
-    report = ReapReport()
-    for item in owned:
-        if item.name not in doomed:
-            report.kept.append(item.name)
-    for name in doomed:
-        _run(host, f"delete {name}", incus.delete_argv(config, name))
-        log(f"removed instance {name}")
-        report.removed.append(name)
+    report = reap(host, config, older_than_secs, log)
+    if report.failed:
+        raise IncusAdminError(f"could not delete {', '.join(report.failed)} on {host.name}")
     return report
 
 

@@ -7,9 +7,10 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import orjson
 import pytest
@@ -365,3 +366,30 @@ def interrupt_when_printed(
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=timeout)
     return proc.returncode
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
+    """Poll `condition` until it holds or `timeout` seconds pass; its last value."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return condition()
+
+
+def in_thread(call: Callable[[], object]) -> Tuple[threading.Thread, Dict[str, Any]]:
+    """Start `call` on a daemon thread; its outcome lands in the dict (`result` or `error`)."""
+    outcome: Dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = call()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, outcome

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Iterator, List, Tuple
 
 import orjson
 import pytest
@@ -31,7 +31,7 @@ from pikaci.remote import (
 )
 from pikaci.snapshot import SNAPSHOT_METADATA_FILE, SnapshotFilter, create_snapshot
 from pikaci.transport import Builder, RemoteCommandError, Transport
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, in_thread, wait_for
 from tests.sshd import Sshd, local_ssh_children, sshd  # noqa: F401
 
 RUN_IDS = [f"20260102T0{i}0000Z-0000000{i}" for i in range(10)]
@@ -40,6 +40,11 @@ RUN_IDS = [f"20260102T0{i}0000Z-0000000{i}" for i in range(10)]
 class Log(list):  # type: ignore[type-arg]
     def __call__(self, line: str) -> None:
         self.append(line)
+
+
+@pytest.fixture
+def log() -> Log:
+    return Log()
 
 
 @pytest.fixture
@@ -59,11 +64,6 @@ def builder(server: Sshd) -> Builder:
 @pytest.fixture
 def layout(builder: Builder) -> RemoteLayout:
     return RemoteLayout.for_builder(builder)
-
-
-@pytest.fixture
-def log() -> Log:
-    return Log()
 
 
 @pytest.fixture
@@ -105,29 +105,6 @@ def temp_dirs(layout: RemoteLayout, tree_id: str) -> List[str]:
         if root.is_dir()
         else []
     )
-
-
-def in_thread(call: Callable[[], object]) -> Tuple[threading.Thread, Dict[str, Any]]:
-    outcome: Dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["result"] = call()
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread, outcome
-
-
-def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 # -- layout -----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -22,6 +22,7 @@ from pikaci.transport import (
     Transport,
     TransportError,
 )
+from tests.conftest import in_thread, wait_for
 from tests.sshd import Sshd, local_ssh_children, sshd  # noqa: F401
 
 
@@ -78,29 +79,6 @@ def remote_processes(server: Sshd, *needles: str) -> List[str]:
 def running(server: Sshd, command: str) -> List[str]:
     """The login user's processes whose command line starts with `command`."""
     return [proc for proc in server.user_processes() if proc.split(" ", 1)[1].startswith(command)]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(step)
-    return condition()
-
-
-def in_thread(call: Callable[[], object]) -> Tuple[threading.Thread, Dict[str, Any]]:
-    outcome: Dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["result"] = call()
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread, outcome
 
 
 # -- commands, output, exit codes ------------------------------------------------------------

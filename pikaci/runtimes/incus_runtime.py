@@ -31,9 +31,9 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Iterator, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple
 
 from pikaci import incus
 from pikaci.model import (
@@ -235,7 +235,7 @@ class IncusRuntime:
         shutil.rmtree(runtime_dir(ctx).parent, ignore_errors=True)  # an earlier host verdict
         with contextlib.ExitStack() as stack:
             with phases.phase("prepare_directories"):
-                host, mounts_of = self._host(ctx, stack)
+                host, mounts_of = self._host(ctx)
             with phases.phase("stage_workspace_snapshot"):
                 snapshot = self._stage(ctx, host, stack)
             devices = _plan_devices(ctx, settings, instance, snapshot, mounts_of)
@@ -255,7 +255,7 @@ class IncusRuntime:
     def collect(self, ctx: JobContext, outcome: Outcome) -> Outcome:
         return collect_runtime_dir(ctx, outcome)
 
-    def _host(self, ctx: JobContext, stack: contextlib.ExitStack) -> Tuple[IncusHost, MountSources]:
+    def _host(self, ctx: JobContext) -> Tuple[IncusHost, MountSources]:
         if not self.remote:
             ctx.artifacts_dir.mkdir(parents=True, exist_ok=True)
             return LocalHost(ctx.host_log.note, ctx.track_process), local_mount_sources
@@ -290,7 +290,7 @@ def _q(words: Sequence[str]) -> str:
     return shlex.join(list(words))
 
 
-def _fail(ctx: JobContext, host: IncusHost, what: str, result: HostResult) -> IncusRuntimeError:
+def _failure(host: IncusHost, what: str, result: HostResult) -> IncusRuntimeError:
     lines = [line.strip() for line in result.text.splitlines() if line.strip()]
     tail = lines[-1][:300] if lines else ""
     return IncusRuntimeError(
@@ -298,18 +298,46 @@ def _fail(ctx: JobContext, host: IncusHost, what: str, result: HostResult) -> In
     )
 
 
-def reap(host: IncusHost, settings: incus.IncusSettings, ctx: JobContext) -> List[str]:
-    """Delete marked instances older than the bound (never unmarked ones); returns their names."""
-    listed = host.script("list instances", _q(incus.list_instances_argv(settings)))
-    if listed.exit_code != 0:
-        raise _fail(ctx, host, "incus list", listed)
+def run_checked(host: IncusHost, label: str, argv: Sequence[str], **kwargs: Any) -> HostResult:
+    """One incus command; a non-zero exit is an IncusRuntimeError naming it."""
+    done = host.script(label, _q(argv), **kwargs)
+    if done.exit_code != 0:
+        raise _failure(host, label, done)
+    return done
+
+
+@dataclass
+class ReapReport:
+    removed: List[str] = field(default_factory=list)
+    kept: List[str] = field(default_factory=list)  # marked but younger than the bound
+    failed: List[str] = field(default_factory=list)  # marked and old, but not deleted
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"removed": self.removed, "kept": self.kept}
+
+
+def reap(
+    host: IncusHost,
+    settings: incus.IncusSettings,
+    older_than_secs: float,
+    log: Callable[[str], None],
+    keep_run_ids: Sequence[str] = (),
+) -> ReapReport:
+    """Delete marked instances older than the bound (never unmarked ones, never those of
+    `keep_run_ids`); a delete that fails is reported, not raised."""
+    listed = run_checked(host, "incus list", incus.list_instances_argv(settings))
     owned = incus.parse_owned_instances(listed.text)
     now = datetime.now(timezone.utc)
-    doomed = incus.reap_candidates(owned, now, _reap_after_secs(), keep_run_ids=(ctx.run_id,))
+    doomed = incus.reap_candidates(owned, now, older_than_secs, keep_run_ids=keep_run_ids)
+    report = ReapReport(kept=[item.name for item in owned if item.name not in doomed])
     for name in doomed:
-        ctx.host_log.note(f"reaping leftover instance {name} (older than {_reap_after_secs()}s)")
-        host.script(f"reap {name}", _q(incus.delete_argv(settings, name)))
-    return doomed
+        done = host.script(f"delete {name}", _q(incus.delete_argv(settings, name)))
+        if done.exit_code == 0:
+            log(f"removed instance {name} (marked, older than {older_than_secs:g}s)")
+            report.removed.append(name)
+        else:
+            report.failed.append(name)
+    return report
 
 
 def _plan_devices(
@@ -337,10 +365,10 @@ def _prepare(
     instance: str,
     devices: Sequence[List[str]],
 ) -> IncusImage:
-    reap(host, settings, ctx)
+    reap(host, settings, _reap_after_secs(), ctx.host_log.note, keep_run_ids=(ctx.run_id,))
     listed = host.script("image identity", _q(incus.image_list_argv(settings)))
     if listed.exit_code != 0:
-        raise _fail(ctx, host, f"incus image list {settings.image_alias}", listed)
+        raise _failure(host, f"incus image list {settings.image_alias}", listed)
     image = incus.parse_image_identity(listed.text, settings)
     ctx.host_log.note(f"image {image.alias} in project {image.project}: {image.fingerprint}")
     owner = incus.owner_config(ctx.run_id, now_timestamp())
@@ -372,7 +400,7 @@ def _prepare(
     limit = 2 * bound + 300  # init, devices and start come on top of the readiness wait
     done = host.script("prepare instance", "\n".join(lines), timeout_secs=limit)
     if done.exit_code != 0:
-        raise _fail(ctx, host, f"preparing instance {instance}", done)
+        raise _failure(host, f"preparing instance {instance}", done)
     return image
 
 
@@ -392,7 +420,7 @@ def _write_request(
     argv = incus.write_file_argv(settings, instance, incus.GUEST_REQUEST_PATH)
     done = host.script("write guest request", _q(argv), stdin=request)
     if done.exit_code != 0:
-        raise _fail(ctx, host, "writing the guest request", done)
+        raise _failure(host, "writing the guest request", done)
 
 
 def _run_guest(
@@ -420,7 +448,7 @@ def _pull_run_dir(
     argv = incus.exec_argv(settings, instance, ["tar", "-C", incus.GUEST_RUN_DIR, "-cf", "-", "."])
     done = host.script("collect guest files", _q(argv))
     if done.exit_code != 0:
-        raise _fail(ctx, host, "collecting the guest's files", done)
+        raise _failure(host, "collecting the guest's files", done)
     staging = runtime_dir(ctx)
     staging.mkdir(parents=True, exist_ok=True)
     extract_archive(done.stdout, staging, ctx.host_log.note)

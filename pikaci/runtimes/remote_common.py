@@ -25,8 +25,15 @@ def require_builder(ctx: JobContext) -> Builder:
     return ctx.builder
 
 
+def connect(builder: Builder, log: Callable[[str], None]) -> Transport:
+    """A transport over the builder's shared connection. Never closed by callers: the master
+    outlives a task (ControlPersist), so later tasks, lanes and runs reuse it, and closing it
+    would cut the sessions of other processes riding on it."""
+    return Transport(builder, control_dir(), log)
+
+
 def open_transport(ctx: JobContext, builder: Builder) -> Transport:
-    return Transport(builder, control_dir(), ctx.host_log.note)
+    return connect(builder, ctx.host_log.note)
 
 
 def control_dir() -> Path:
