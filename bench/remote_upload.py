@@ -46,6 +46,8 @@ from noop_rerun import (
     executed_tasks,
     failure,
     nproc,
+    parse_lanes,
+    positive_int,
     source_revision,
     timed_doit,
     utc_now,
@@ -516,23 +518,6 @@ def format_report(lane_results: Sequence[LaneResult], upload: UploadResult) -> s
 
 
 # -- command line -----------------------------------------------------------------------------
-
-
-def parse_lanes(text: str) -> List[int]:
-    try:
-        counts = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers: {text!r}") from None
-    if not counts or any(n < 1 for n in counts):
-        raise argparse.ArgumentTypeError(f"lane counts must be positive: {text!r}")
-    return counts
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def preflight() -> Iterator[str]:
