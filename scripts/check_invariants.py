@@ -119,10 +119,11 @@ def parse_toml(text: str, name: str) -> Dict[str, Any]:
     return root
 
 
-def _strip_comment(line: str, name: str, lineno: int) -> str:
+def _unquoted(text: str) -> Iterator[Tuple[int, str]]:
+    """(position, character) of every character of `text` outside a string literal."""
     quote: Optional[str] = None
     escaped = False
-    for position, char in enumerate(line):
+    for position, char in enumerate(text):
         if quote is not None:
             if escaped:
                 escaped = False
@@ -132,7 +133,13 @@ def _strip_comment(line: str, name: str, lineno: int) -> str:
                 quote = None
         elif char in "\"'":
             quote = char
-        elif char == "#":
+        else:
+            yield position, char
+
+
+def _strip_comment(line: str, name: str, lineno: int) -> str:
+    for position, char in _unquoted(line):
+        if char == "#":
             return line[:position]
     return line
 
@@ -187,19 +194,8 @@ def _open_table(root: Dict[str, Any], text: str, name: str, lineno: int) -> Dict
 
 def _array_closed(text: str, name: str, lineno: int) -> bool:
     depth = 0
-    quote: Optional[str] = None
-    escaped = False
-    for char in text:
-        if quote is not None:
-            if escaped:
-                escaped = False
-            elif char == "\\" and quote == '"':
-                escaped = True
-            elif char == quote:
-                quote = None
-        elif char in "\"'":
-            quote = char
-        elif char == "[":
+    for _, char in _unquoted(text):
+        if char == "[":
             depth += 1
         elif char == "]":
             depth -= 1
