@@ -51,6 +51,7 @@ from pikaci.payload import ManifestError, mount_sources, read_manifest
 from pikaci.remote import RemoteError
 from pikaci.runtimes import runtime_for
 from pikaci.runtimes.base import Outcome
+from pikaci.server.serve import SERVE_TASK, serve_task
 from pikaci.session import LaneInputs, RunSession, Settings
 from pikaci.snapshot import (
     SNAPSHOT_METADATA_FILE,
@@ -61,6 +62,7 @@ from pikaci.snapshot import (
     read_metadata,
     source_fingerprint,
 )
+from pikaci.store import StateRoot
 from pikaci.transport import RemoteCommandError, TransportError
 
 IDENTITY_VERSION = 1
@@ -337,7 +339,7 @@ def build_inputs(
 
 GC_REMOTE_TASK = "gc_remote"  # never a default task: plain `doit` must not delete anything
 # housekeeping tasks: in every task list, run only when named
-MAINTENANCE_TASKS = (GC_REMOTE_TASK, INCUS_IMAGE_TASK, INCUS_REAP_TASK)
+MAINTENANCE_TASKS = (GC_REMOTE_TASK, INCUS_IMAGE_TASK, INCUS_REAP_TASK, SERVE_TASK)
 
 GROUP_DOCS = {
     "lane": "every lane: `lane:<id>` is one lane's verdict (doit list --all shows them)",
@@ -367,6 +369,8 @@ class TaskBuilder:
         yield self._gc_remote_task()
         yield incus_image_task()
         yield incus_reap_task()
+        settings = self.session.settings
+        yield serve_task(settings.source_root, StateRoot(settings.state_root))
         yield from forge_tasks(self.catalog, self.session.settings)
         built: List[str] = []
         for target in self.catalog.targets:

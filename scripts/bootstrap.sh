@@ -3,7 +3,8 @@
 #   - Debian packages when something is missing (needs root): git, bash, python3 with venv,
 #     nix-bin (Nix 2.8, single-user as root), bubblewrap (the local sandbox), jq, the
 #     OpenSSH client and server (remote builders; the tests run a builder on 127.0.0.1) and
-#     rsync (the baseline of the remote upload benchmark);
+#     rsync (the baseline of the remote upload benchmark), Chromium and a font (the browser
+#     tests of the web pages);
 #   - Nix configured for offline use: `substituters =` in a marked block of /etc/nix/nix.conf,
 #     added only when the file sets no substituters of its own (set PIKACI_NIX_OFFLINE=0 to
 #     leave nix.conf alone);
@@ -29,6 +30,9 @@ command -v ssh >/dev/null 2>&1 || need_apt+=(openssh-client)  # remote builders
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
 # bench/remote_upload.py compares snapshot uploads against it
 command -v rsync >/dev/null 2>&1 || need_apt+=(rsync)
+# the web pages' browser tests drive Debian's Chromium headless (Playwright, no browser download)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+[ -d /usr/share/fonts/truetype/dejavu ] || need_apt+=(fonts-dejavu-core)
 [ -x /usr/bin/python3 ] || need_apt+=(python3)  # the sandbox's guest python
 if ! command -v "$python" >/dev/null 2>&1; then
   need_apt+=(python3 python3-venv)

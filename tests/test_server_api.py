@@ -5,26 +5,24 @@ from __future__ import annotations
 import http.client
 import io
 import os
+import shutil
 import signal
 import subprocess
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple
-from wsgiref.util import setup_testing_defaults
 
 import orjson
 import pytest
 import waitress
 
 from pikaci.model import (
-    Exposure,
     JobRecord,
     PreparedOutputsRecord,
-    RealizedPreparedOutputRecord,
-    RunRecord,
 )
-from pikaci.server.app import TAIL_MAX, make_app
+from pikaci.server.access import TAIL_MAX
+from pikaci.server.app import make_app
 from pikaci.server.auth import (
     INVALID_TOKEN,
     MISSING_TOKEN,
@@ -35,22 +33,15 @@ from pikaci.server.auth import (
 )
 from pikaci.server.serve import access_log, is_loopback, parse_repo_specs, slugify
 from pikaci.store import RunWriter, StateRoot
-from tests.conftest import PIKACI, REPO_ROOT, LaneSpec, new_repository, render_dodo
+from tests.conftest import DOIT, REPO_ROOT, LaneSpec, new_repository, render_dodo
+from tests.serving import make_run, rid, wsgi_request
+from tests.serving import start_serve as serve_in
 
 TOKEN = "s3cret-token-one"
 OTHER = "second-token-two"
 TOKENS = TokenSet(tokens=(TOKEN.encode(), OTHER.encode()))
 SLUG = "acme-widgets"
 BASE = f"/api/repos/{SLUG}/pikaci"
-
-
-def rid(n: int, second: int = 0) -> str:
-    return f"202601{1 + n // 24:02d}T{n % 24:02d}00{second:02d}Z-{n:08x}"
-
-
-def created(run_id: str) -> str:
-    s = run_id[:15]
-    return f"{s[0:4]}-{s[4:6]}-{s[6:8]}T{s[9:11]}:{s[11:13]}:{s[13:15]}.000000+00:00"
 
 
 # -- a small WSGI client: PATH_INFO arrives decoded, exactly as a server hands it over ---------
@@ -64,20 +55,14 @@ def call(
     authorization: Optional[str] = None,
     method: str = "GET",
 ) -> Tuple[int, Dict[str, str], Any]:
-    environ: Dict[str, Any] = {}
-    setup_testing_defaults(environ)
-    environ.update(REQUEST_METHOD=method, PATH_INFO=path, QUERY_STRING=query)
+    headers: Dict[str, str] = {}
     if authorization is not None:
-        environ["HTTP_AUTHORIZATION"] = authorization
+        headers["Authorization"] = authorization
     elif token is not None:
-        environ["HTTP_AUTHORIZATION"] = f"Bearer {token}"
-    seen: Dict[str, Any] = {}
-
-    def start_response(status: str, headers: Any, exc_info: Any = None) -> None:
-        seen["status"] = int(status.split(" ", 1)[0])
-        seen["headers"] = {name.lower(): value for name, value in headers}
-
-    body = b"".join(app(environ, start_response))
+        headers["Authorization"] = f"Bearer {token}"
+    status, response_headers, parts = wsgi_request(app, path, query, method, headers)
+    seen = {"status": status, "headers": {name.lower(): value for name, value in response_headers}}
+    body = b"".join(parts)
     assert seen["headers"]["content-type"].startswith("application/json")
     return seen["status"], seen["headers"], orjson.loads(body)
 
@@ -93,40 +78,6 @@ def get(app: Any, path: str, query: str = "", **kwargs: Any) -> Tuple[int, Any]:
 @pytest.fixture
 def root(tmp_path: Path) -> StateRoot:
     return StateRoot(tmp_path / "state")
-
-
-def make_run(
-    state: StateRoot,
-    run_id: str,
-    status: str = "passed",
-    target: Optional[str] = "main",
-    jobs: Tuple[str, ...] = ("a",),
-    job_status: Optional[str] = None,
-    prepared: bool = False,
-) -> RunWriter:
-    writer = RunWriter(state.run_dir(run_id))
-    writer.create(
-        RunRecord(run_id=run_id, created_at=created(run_id), status=status, target_id=target)
-    )
-    for job_id in jobs:
-        job_dir = state.job_dir(run_id, job_id)
-        (job_dir / "artifacts").mkdir(parents=True, exist_ok=True)
-        (job_dir / "host.log").write_text(f"host of {job_id}\n")
-        (job_dir / "artifacts" / "guest.log").write_text(f"guest of {job_id}\n")
-        writer.write_job(JobRecord(id=job_id, status=job_status or status))
-    if prepared:
-        output = RealizedPreparedOutputRecord(
-            node_id="prepare-deps",
-            installable="path:/x#ci.deps",
-            output_name="out",
-            protocol="nix_store_path_v1",
-            residency="local_authoritative",
-            consumer="host_local_symlink_mounts_v1",
-            realized_path="/nix/store/abc-deps",
-            exposures=[Exposure(kind="host_symlink_mount", path="/tmp/m", access="read_only")],
-        )
-        writer.update_prepared_outputs(lambda record: record.upsert(output))
-    return writer
 
 
 @pytest.fixture
@@ -160,6 +111,7 @@ def test_every_route_requires_a_valid_bearer_token(app, root, authorization, mes
         f"{BASE}/run/{rid(1)}",
         f"{BASE}/logs/{rid(1)}",
         f"{BASE}/tail/{rid(1)}",
+        f"{BASE}/raw-log/{rid(1)}",
         f"{BASE}/bundle/{rid(1)}",
         f"{BASE}/prepared-outputs/{rid(1)}",
         f"{BASE}/run/..",
@@ -215,9 +167,9 @@ def test_unknown_repository_route_and_method_are_json_errors(app):
         404,
         {"error": "unknown repository `other`"},
     )
-    status, body = get(app, "/nothing/here")
+    status, body = get(app, "/api/nothing/here")
     assert status == 404 and body == {"error": "not found"}
-    status, headers, body = call(app, "/nothing/here", token="wrong")
+    status, headers, body = call(app, "/api/nothing/here", token="wrong")
     assert (status, body) == (401, {"error": INVALID_TOKEN})
     assert headers["www-authenticate"] == "Bearer"
     status, body = get(app, f"{BASE}/runs", method="POST")
@@ -230,7 +182,7 @@ def test_an_unexpected_failure_is_a_json_500(app, root, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("disk on fire at /secret/place")
 
-    monkeypatch.setattr("pikaci.server.app.load_logs_metadata", explode)
+    monkeypatch.setattr("pikaci.server.api.load_logs_metadata", explode)
     status, body = get(app, f"{BASE}/bundle/{rid(1)}")
     assert (status, body) == (500, {"error": "internal server error"})
 
@@ -380,6 +332,27 @@ def test_logs_by_job_and_kind(app, root):
     assert get(app, f"{BASE}/tail/{rid(9)}", "job=a/b")[0] == 400
 
 
+def test_raw_log_streams_the_whole_log_as_text(app, root):
+    make_run(root, rid(1))
+    data = b"".join(b"line %06d \xc3\xa9\n" % n for n in range(200000))  # several chunks
+    (root.job_dir(rid(1), "a") / "host.log").write_bytes(data)
+    status, headers, parts = wsgi_request(
+        app,
+        f"{BASE}/raw-log/{rid(1)}",
+        "job=a&kind=host",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    seen = {"status": str(status), "headers": dict(headers)}
+    assert seen["status"].startswith("200")
+    assert seen["headers"]["Content-Type"] == "text/plain; charset=utf-8"
+    assert seen["headers"]["Content-Length"] == str(len(data))
+    assert b"".join(parts) == data and len(parts) > 1  # streamed, never one buffer
+    assert get(app, f"{BASE}/raw-log/{rid(1)}", "kind=both")[0] == 400
+    (root.job_dir(rid(1), "a") / "artifacts" / "guest.log").unlink()
+    status, body = get(app, f"{BASE}/raw-log/{rid(1)}", "kind=guest")
+    assert (status, body) == (404, {"error": "job `a` has no guest log"})
+
+
 def test_an_unreadable_log_is_a_404(app, root):
     make_run(root, rid(1))
     host = root.job_dir(rid(1), "a") / "host.log"
@@ -390,7 +363,11 @@ def test_an_unreadable_log_is_a_404(app, root):
     guest = root.job_dir(rid(1), "a") / "artifacts" / "guest.log"
     guest.unlink()
     os.mkfifo(guest)  # nobody writes to it: opening it must not hang the request
-    for endpoint, query in (("logs", "kind=guest"), ("tail", "kind=guest")):
+    for endpoint, query in (
+        ("logs", "kind=guest"),
+        ("tail", "kind=guest"),
+        ("raw-log", "kind=guest"),
+    ):
         status, body = get(app, f"{BASE}/{endpoint}/{rid(1)}", query)
         assert (status, body) == (404, {"error": "cannot read guest.log: not a regular file"})
 
@@ -411,6 +388,7 @@ def test_symlinks_and_recorded_paths_leading_outside_the_root_are_refused(app, r
         assert status == 404 and "outside the state root" in body["error"], query
         assert "SECRET" not in str(body)
     assert get(app, f"{BASE}/tail/{rid(1)}", "job=b")[0] == 404
+    assert get(app, f"{BASE}/raw-log/{rid(1)}", "job=b")[0] == 404
     jobs = get(app, f"{BASE}/bundle/{rid(1)}")[1]["logs"]["jobs"]
     assert [(j["host_log_exists"], j["guest_log_exists"]) for j in jobs] == [
         (True, True),
@@ -642,6 +620,7 @@ def raw_get(port: int, target: str, token: Optional[str] = TOKEN) -> Tuple[int, 
         f"{BASE}/logs/{rid(1)}?job=%2Fetc%2Fpasswd",
         f"{BASE}/logs/{rid(1)}?job=%2e%2e",
         f"{BASE}/tail/{rid(1)}?job=/etc/passwd",
+        f"{BASE}/raw-log/{rid(1)}?job=..%2F..&kind=host",
         f"{BASE}/logs/{rid(1)}%2F..%2F..",
         "/api/repos/..%2F..%2F/pikaci/runs",
         f"/api/repos/%2e%2e/pikaci/run/{rid(1)}",
@@ -729,19 +708,8 @@ def test_real_run_bundle_over_the_api(real_project):
 
 
 def start_serve(project, *args, env=None):
-    process = subprocess.Popen(
-        [*PIKACI, "serve", "--port", "0", *args],
-        cwd=project.root,
-        env={**project.env, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stderr is not None
-    line = process.stderr.readline()
-    assert "listening on http://127.0.0.1:" in line, line
-    port = int(line.rsplit(":", 1)[1].split("/", 1)[0])
-    return process, port
+    env = {**project.env, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+    return serve_in(project.root, env, args)
 
 
 @pytest.mark.slow
@@ -812,3 +780,74 @@ def test_pikaci_serve_without_auth_on_loopback(real_project):
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=30)
     assert process.returncode == 0
+
+
+@pytest.mark.slow
+def test_doit_serve_task_serves_this_checkout_and_is_never_a_default(real_project):
+    project = real_project
+    listing = project.doit("list")
+    assert any(line.startswith("serve ") for line in listing.stdout.splitlines())
+    refused = project.doit("serve", "--port", "0")  # no tokens configured: a clear task error
+    assert refused.returncode != 0
+    assert "serve: no server tokens configured" in refused.stdout + refused.stderr
+    process = subprocess.Popen(
+        [*DOIT, "serve", "--port", "0", "--no-auth"],
+        cwd=project.root,
+        env={**project.env, "PYTHONPATH": str(REPO_ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+        assert "listening on http://127.0.0.1:" in line, line
+        port = int(line.split("http://127.0.0.1:", 1)[1].split("/", 1)[0])
+        (run_id,) = project.run_ids()
+        status, body = raw_get(port, f"/api/repos/my-repo/pikaci/run/{run_id}", token=None)
+        assert status == 200 and body["run_id"] == run_id
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "pikaci serve: stopped" in err
+    # plain `doit` runs the default lanes, never the server
+    assert project.run_ids() == [run_id]
+
+
+def test_the_list_parses_a_record_again_only_when_it_changed(app, root, monkeypatch):
+    import pikaci.server.access as access
+
+    writers = {n: make_run(root, rid(n)) for n in range(1, 6)}
+    parsed = []
+    real = access.read_json_object
+
+    def counting(path):
+        parsed.append(Path(path).parent.name)
+        return real(path)
+
+    monkeypatch.setattr(access, "read_json_object", counting)
+    assert len(get(app, f"{BASE}/runs")[1]["runs"]) == 5
+    assert sorted(parsed) == [rid(n) for n in range(1, 6)]
+    parsed.clear()
+    assert len(get(app, f"{BASE}/runs")[1]["runs"]) == 5
+    assert parsed == []  # nothing changed: no record is read again
+
+    def fail(run):
+        run.status = "failed"
+
+    writers[3].update(fail)
+    (root.runs_dir / rid(5) / "run.json").write_text("{ torn")
+    body = get(app, f"{BASE}/runs")[1]
+    assert sorted(parsed) == [rid(3), rid(5)]
+    assert {run["run_id"]: run["status"] for run in body["runs"]}[rid(3)] == "failed"
+    assert rid(5) not in [run["run_id"] for run in body["runs"]]
+    assert body["problems"] and body["problems"][0].startswith(f"runs/{rid(5)}/run.json")
+    # a run removed by gc drops out of the list at once
+    parsed.clear()
+    shutil.rmtree(root.runs_dir / rid(1))
+    assert [run["run_id"] for run in get(app, f"{BASE}/runs")[1]["runs"]] == [
+        rid(4),
+        rid(3),
+        rid(2),
+    ]

@@ -8,7 +8,7 @@
     pikaci incus-reap [--older-than SECS] [--remote] [--json]   delete leftover instances
     pikaci ci-plan [--base REF] [--worktree] [--nightly] [--json]   forge lanes to run, and why
     pikaci doit ARGS...          any doit command over the repository's catalog
-    pikaci serve [--host H] [--port P] [--repo SLUG=STATE_ROOT]... [--no-auth]   the JSON API
+    pikaci serve [--host H] [--port P] [--repo SLUG=STATE_ROOT]... [--no-auth]   pages + JSON API
 
 `run` and `doit` read the catalog from the repository's `dodo.py` (its `CATALOG`), through
 the same doit loader that `doit` itself uses there. Exit status: 1 for a failed run or an
@@ -30,8 +30,7 @@ from pikaci.cli import inspect, remote_gc
 from pikaci.forge import BRANCH, NIGHTLY, ChangeSetError, ForgeManifestError
 from pikaci.forge_tasks import compute_plan, render_plan
 from pikaci.model import RUN_FAILED, RUN_SKIPPED, RecordError
-from pikaci.server.auth import AuthConfigError, TokenSet, tokens_from_environment
-from pikaci.server.serve import ServeError, is_loopback, parse_repo_specs, serve, slugify
+from pikaci.server.serve import ServeError, resolve_config, serve
 from pikaci.session import OUTPUT_MODES, Settings
 from pikaci.settings import builder_from_environment, settings_from_environment
 from pikaci.store import StateRoot, StoreError, load_run_record
@@ -114,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("--nightly", action="store_true", help="the nightly lanes instead")
     plan.add_argument("--json", action="store_true", help="the plan as one JSON object")
-    serve = sub.add_parser("serve", help="serve run records and logs as a token-protected API")
+    serve = sub.add_parser(
+        "serve", help="serve run records and logs: web pages and a token-protected JSON API"
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port (0 picks a free one)")
     serve.add_argument(
@@ -169,7 +170,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         incus.IncusError,
         incus_admin.IncusAdminError,
         *remote_gc.REMOTE_GC_ERRORS,
-        AuthConfigError,
         ServeError,
     ) as exc:
         return _error(str(exc))
@@ -233,19 +233,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, source_root: Path, state: StateRoot) -> int:
-    if args.no_auth:
-        if not is_loopback(args.host):
-            raise ServeError(f"--no-auth is only allowed on a loopback address, not {args.host}")
-        tokens = TokenSet(disabled=True)
-    else:
-        tokens = tokens_from_environment(os.environ)
-    specs = parse_repo_specs(args.repo)
-    if specs:
-        repos = {
-            slug: StateRoot(Path(root).expanduser().absolute()) for slug, root in specs.items()
-        }
-    else:
-        repos = {slugify(source_root.name): state}
+    repos, tokens = resolve_config(
+        args.host, args.no_auth, args.repo, source_root, state, os.environ
+    )
     return serve(repos, tokens, args.host, args.port, sys.stderr)
 
 

@@ -1,12 +1,17 @@
-"""Bearer-token authentication for the server.
+"""Authentication for the server: bearer tokens for the API, a session cookie for the web pages.
 
 Tokens come from `PIKACI_SERVER_TOKENS_FILE` (one per line, `#` starts a comment) and
 `PIKACI_SERVER_TOKENS` (comma separated); both sources are merged. The 401 bodies are the
 forge's: no usable `Bearer` credential is "missing", any other token is "invalid or expired".
+
+The web pages' login form takes the same tokens. The session cookie is `<expiry>.<hmac>`, the MAC
+keyed by the token that logged in: it never carries the token, it expires, and removing a token
+from the configuration ends its sessions at the next restart.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +22,9 @@ ENV_TOKENS = "PIKACI_SERVER_TOKENS"
 MISSING_TOKEN = "missing auth token"
 INVALID_TOKEN = "invalid or expired token"
 _SCHEME = "bearer"
+SESSION_COOKIE = "pikaci_session"
+SESSION_SECONDS = 12 * 3600
+_SESSION_CONTEXT = b"pikaci-session-v1:"
 
 
 class AuthConfigError(Exception):
@@ -36,11 +44,39 @@ class TokenSet:
         given = _bearer(authorization)
         if given is None:
             return MISSING_TOKEN
-        matched = False
+        return None if self.matching(given) is not None else INVALID_TOKEN
+
+    def matching(self, given: bytes) -> Optional[bytes]:
+        """The configured token equal to `given`, if any."""
+        found = None
         for token in self.tokens:
             # every token is compared, so the time taken does not tell which one came close
-            matched |= hmac.compare_digest(token, given)
-        return None if matched else INVALID_TOKEN
+            if hmac.compare_digest(token, given):
+                found = token
+        return found
+
+    def issue_session(self, token: bytes, now: float) -> str:
+        """A session cookie value for a token that `matching` accepted."""
+        expiry = int(now) + SESSION_SECONDS
+        return f"{expiry}.{_session_mac(token, expiry)}"
+
+    def session_valid(self, cookie: Optional[str], now: float) -> bool:
+        if self.disabled:
+            return True
+        expiry_text, _, mac = (cookie or "").partition(".")
+        if not expiry_text.isascii() or not expiry_text.isdigit() or not mac:
+            return False
+        expiry = int(expiry_text)
+        if expiry <= now or expiry > now + SESSION_SECONDS + 60:
+            return False
+        valid = False
+        for token in self.tokens:
+            valid |= hmac.compare_digest(_session_mac(token, expiry), mac)
+        return valid
+
+
+def _session_mac(token: bytes, expiry: int) -> str:
+    return hmac.new(token, _SESSION_CONTEXT + str(expiry).encode(), hashlib.sha256).hexdigest()
 
 
 def _bearer(authorization: Optional[str]) -> Optional[bytes]:

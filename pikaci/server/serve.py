@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import signal
+import sys
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, TextIO, Tuple
 
 import waitress
 
 from pikaci.server.app import make_app
-from pikaci.server.auth import TokenSet
+from pikaci.server.auth import AuthConfigError, TokenSet, tokens_from_environment
 from pikaci.store import StateRoot
 
 SLUG_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -52,6 +55,37 @@ def parse_repo_specs(specs: List[str]) -> Dict[str, str]:
             raise ServeError(f"--repo {spec!r}: slug `{slug}` given twice")
         repos[slug] = root
     return repos
+
+
+def resolve_config(
+    host: str,
+    no_auth: bool,
+    repo_specs: List[str],
+    source_root: Path,
+    state: StateRoot,
+    environ: Mapping[str, str],
+) -> Tuple[Dict[str, StateRoot], TokenSet]:
+    """The repositories and tokens `pikaci serve` and `doit serve` start with.
+
+    Without `--repo`, this checkout's state root is served under its directory's slug.
+    """
+    if no_auth:
+        if not is_loopback(host):
+            raise ServeError(f"--no-auth is only allowed on a loopback address, not {host}")
+        tokens = TokenSet(disabled=True)
+    else:
+        try:
+            tokens = tokens_from_environment(environ)
+        except AuthConfigError as exc:
+            raise ServeError(str(exc)) from None
+    specs = parse_repo_specs(repo_specs)
+    if specs:
+        repos = {
+            slug: StateRoot(Path(root).expanduser().absolute()) for slug, root in specs.items()
+        }
+    else:
+        repos = {slugify(source_root.name): state}
+    return repos, tokens
 
 
 def access_log(app: WsgiApp, out: TextIO) -> WsgiApp:
@@ -96,7 +130,10 @@ def serve(
     app = access_log(make_app(repos, tokens), out)
     server = waitress.create_server(app, host=host, port=port, threads=8, ident="pikaci")
     bound_host, bound_port = server.effective_host, server.effective_port
-    out.write(f"pikaci serve: listening on http://{bound_host}:{bound_port}/api/repos\n")
+    out.write(
+        f"pikaci serve: listening on http://{bound_host}:{bound_port}/ "
+        f"(pages; the JSON API under /api/repos)\n"
+    )
     out.flush()
     if ready is not None:
         ready(bound_host, bound_port)
@@ -116,3 +153,52 @@ def serve(
     out.write("pikaci serve: stopped\n")
     out.flush()
     return 0
+
+
+SERVE_TASK = "serve"
+
+
+def serve_task(source_root: Path, state: StateRoot) -> Dict[str, Any]:
+    """`doit serve [--host H] [--port P] [--no-auth]`: this checkout's runs, until Ctrl-C."""
+
+    def action(host: str, port: int, no_auth: bool) -> Optional[str]:
+        from doit.exceptions import TaskError
+
+        try:
+            repos, tokens = resolve_config(host, no_auth, [], source_root, state, os.environ)
+        except ServeError as exc:
+            return TaskError(f"serve: {exc}")  # type: ignore[no-any-return]
+        serve(repos, tokens, host, port, sys.stderr)
+        return None
+
+    return {
+        "basename": SERVE_TASK,
+        "doc": "serve this checkout's runs (web pages and JSON API) until Ctrl-C; "
+        "--host, --port, --no-auth",
+        "params": [
+            {
+                "name": "host",
+                "long": "host",
+                "type": str,
+                "default": "127.0.0.1",
+                "help": "address to bind (default 127.0.0.1)",
+            },
+            {
+                "name": "port",
+                "long": "port",
+                "type": int,
+                "default": 8080,
+                "help": "port (0 picks a free one)",
+            },
+            {
+                "name": "no_auth",
+                "long": "no-auth",
+                "type": bool,
+                "default": False,
+                "help": "serve without tokens (loopback only)",
+            },
+        ],
+        "actions": [action],
+        "uptodate": [False],
+        "verbosity": 2,
+    }

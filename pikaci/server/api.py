@@ -1,0 +1,187 @@
+"""The JSON API over run bundles (see docs/architecture.md, "Server").
+
+Every route lives under `/api/repos/<slug>/pikaci/` and needs a bearer token; reading goes through
+`access`, which confines it to the repository's state root.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional
+
+import bottle
+import orjson
+
+from pikaci.server.access import (
+    DEFAULT_PAGE,
+    LOG_KINDS,
+    MAX_PAGE,
+    TAIL_DEFAULT,
+    TAIL_MAX,
+    ApiError,
+    Repo,
+    find_job,
+    int_param,
+    job_param,
+    job_running,
+    kind_param,
+    load_prepared,
+    load_run,
+    log_path,
+    page_of_runs,
+    read_log_chunk,
+    read_log_end,
+    status_param,
+    stream_log,
+)
+from pikaci.server.auth import TokenSet
+from pikaci.store import load_logs_metadata
+
+API_PREFIX = "/api/repos"
+Handler = Callable[..., Any]
+
+
+def json_response(status: int, data: Any) -> bottle.HTTPResponse:
+    return bottle.HTTPResponse(
+        body=orjson.dumps(data), status=status, headers={"Content-Type": "application/json"}
+    )
+
+
+def json_error(
+    status: int, message: str, headers: Optional[Dict[str, str]] = None
+) -> bottle.HTTPResponse:
+    response = json_response(status, {"error": message})
+    for name, value in (headers or {}).items():
+        response.set_header(name, value)
+    return response
+
+
+def install_api(app: bottle.Bottle, known: Mapping[str, Repo], tokens: TokenSet) -> None:
+    def api(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        def wrapper(**kwargs: Any) -> bottle.HTTPResponse:
+            problem = tokens.check(bottle.request.get_header("Authorization"))
+            if problem is not None:
+                return json_error(401, problem, {"WWW-Authenticate": "Bearer"})
+            try:
+                slug = kwargs.pop("slug", None)
+                if slug is not None:
+                    repo = known.get(slug)
+                    if repo is None:
+                        raise ApiError(404, f"unknown repository `{slug}`")
+                    kwargs["repo"] = repo
+                result = handler(**kwargs)
+            except ApiError as exc:
+                return json_error(exc.status, exc.message)
+            if isinstance(result, bottle.HTTPResponse):
+                return result
+            return json_response(200, result)
+
+        return wrapper
+
+    route = f"{API_PREFIX}/<slug>/pikaci"
+    app.route(API_PREFIX, "GET", api(lambda: {"repos": sorted(known)}))
+    app.route(f"{route}/runs", "GET", api(_list))
+    app.route(f"{route}/run/<run_id>", "GET", api(_run))
+    app.route(f"{route}/bundle/<run_id>", "GET", api(_bundle))
+    app.route(f"{route}/logs/<run_id>", "GET", api(_logs))
+    app.route(f"{route}/raw-log/<run_id>", "GET", api(_raw_log))
+    app.route(f"{route}/prepared-outputs/<run_id>", "GET", api(_prepared))
+    app.route(f"{route}/tail/<run_id>", "GET", api(_tail))
+
+
+def _list(repo: Repo) -> Dict[str, Any]:
+    query = bottle.request.query
+    status = status_param()
+    limit = int_param("limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    page = page_of_runs(
+        repo, status, query.get("target") or None, limit, query.get("cursor") or None
+    )
+    return {
+        "repo": repo.slug,
+        # each record is encoded once while its run.json is unchanged (see access.RunCache)
+        "runs": [orjson.Fragment(repo.cache.encoded(run)) for run in page.runs],
+        "next_cursor": page.next_cursor,
+        "problems": page.problems,
+    }
+
+
+def _run(repo: Repo, run_id: str) -> Dict[str, Any]:
+    return load_run(repo, run_id).to_dict()
+
+
+def _bundle(repo: Repo, run_id: str) -> Dict[str, Any]:
+    """`load_run_bundle`'s shape, with prepared outputs and log flags confined to the root."""
+    run = load_run(repo, run_id)
+    logs = load_logs_metadata(repo.state, run)
+    for job in logs.jobs:
+        job.host_log_exists = job.host_log_exists and repo.inside(Path(job.host_log_path))
+        job.guest_log_exists = job.guest_log_exists and repo.inside(Path(job.guest_log_path))
+    return {
+        "run": run.to_dict(),
+        "logs": logs.to_dict(),
+        "prepared_outputs": load_prepared(repo, run),
+    }
+
+
+def _prepared(repo: Repo, run_id: str) -> Dict[str, Any]:
+    run = load_run(repo, run_id)
+    record = load_prepared(repo, run)
+    if record is None:
+        raise ApiError(404, f"prepared outputs not found for run `{run_id}`")
+    return {"run_id": run.run_id, "prepared_outputs": record}
+
+
+def _logs(repo: Repo, run_id: str) -> Dict[str, Any]:
+    kind = kind_param((*LOG_KINDS, "both"), "both")
+    job_id = job_param()
+    run = load_run(repo, run_id)
+    job = find_job(run, job_id)
+    texts: Dict[str, Optional[str]] = {"host": None, "guest": None}
+    for name in LOG_KINDS:
+        if kind in (name, "both"):
+            texts[name] = read_log_end(log_path(repo, run, job, name))
+    return {"run_id": run.run_id, "job": job.id, **texts}
+
+
+def _raw_log(repo: Repo, run_id: str) -> bottle.HTTPResponse:
+    """The whole log as text, streamed: memory stays at one chunk whatever its size."""
+    kind = kind_param(LOG_KINDS, "host")
+    job_id = job_param()
+    run = load_run(repo, run_id)
+    job = find_job(run, job_id)
+    path = log_path(repo, run, job, kind)
+    try:
+        size, chunks = stream_log(path)
+    except FileNotFoundError:
+        raise ApiError(404, f"job `{job.id}` has no {kind} log") from None
+    return bottle.HTTPResponse(
+        body=chunks,
+        status=200,
+        headers={
+            "Content-Type": "text/plain; charset=utf-8",
+            "Content-Length": str(size),
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+def _tail(repo: Repo, run_id: str) -> Dict[str, Any]:
+    kind = kind_param(LOG_KINDS, "host")
+    offset = int_param("offset", 0, 0, 2**62)
+    limit = int_param("limit", TAIL_DEFAULT, 1, TAIL_MAX)
+    job_id = job_param()
+    run = load_run(repo, run_id)
+    job = find_job(run, job_id)
+    chunk = read_log_chunk(log_path(repo, run, job, kind), offset, limit)
+    return {
+        "run_id": run.run_id,
+        "job": job.id,
+        "kind": kind,
+        "offset": offset,
+        "data": chunk.text,
+        "next_offset": chunk.next_offset,
+        "eof": chunk.eof,
+        "running": job_running(repo, run, job),
+    }
