@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from pikaci.model import JobRecord, PhaseTiming, PrepareTiming, RemoteLinuxVmExecution
+from pikaci.server.access import read_log_page, read_log_page_before
 from pikaci.server.app import make_app
 from pikaci.server.auth import SESSION_COOKIE, SESSION_SECONDS, TokenSet
 from pikaci.server.web import LOG_PAGE
@@ -125,12 +126,12 @@ def test_pages_redirect_to_the_login_form_and_back(app, root):
     assert request(app, target.split("?")[0], cookie=session_of(done)).status == 200
 
 
-def test_the_session_cookie_is_secure_httponly_and_strict(app):
+def test_the_session_cookie_is_secure_httponly_and_lax(app):
     response = login(app)
     (cookie,) = response.cookies
     attributes = [part.strip().lower() for part in cookie.split(";")]
     assert "secure" in attributes and "httponly" in attributes
-    assert "samesite=strict" in attributes and "path=/" in attributes
+    assert "samesite=lax" in attributes and "path=/" in attributes
     assert f"max-age={SESSION_SECONDS}" in attributes
     assert TOKEN not in cookie  # the cookie is a MAC, never the token
 
@@ -143,10 +144,23 @@ def test_a_wrong_token_gets_the_form_again_and_no_cookie(app, token):
 
 
 @pytest.mark.parametrize(
-    "target", ["//evil.example/x", "https://evil.example/", "/\\evil.example", "javascript:x"]
+    "target",
+    [
+        "//evil.example/x",
+        "https://evil.example/",
+        "/\\evil.example",
+        "javascript:x",
+        "/\t/evil.example",  # browsers drop tabs and newlines: this would become //evil.example
+        "/\n/evil.example",
+        "/\r\n/evil.example",
+        "/ok\\..\\x",
+    ],
 )
 def test_login_never_redirects_off_the_server(app, target):
     assert login(app, TOKEN, target).headers["location"] == "/"
+    cookie = session_of(login(app))
+    form = request(app, "/login", urllib.parse.urlencode({"next": target}), cookie=cookie)
+    assert form.status == 303 and form.headers["location"] == "/"
 
 
 def test_forged_expired_and_revoked_sessions_are_refused(app, root, session):
@@ -154,7 +168,15 @@ def test_forged_expired_and_revoked_sessions_are_refused(app, root, session):
     assert request(app, RUNS, cookie=session).status == 200
     expiry, mac = session.split(".")
     later = str(int(expiry) + 60)
-    for forged in (f"{later}.{mac}", f"{expiry}.{mac[:-1]}0", "", "garbage", f"{expiry}."):
+    for forged in (
+        f"{later}.{mac}",
+        f"{expiry}.{mac[:-1]}{'0' if mac[-1] != '0' else '1'}",
+        "",
+        "garbage",
+        f"{expiry}.",
+        f"{expiry}.{mac[:-1]}\u00e9",  # not ASCII: refused, not a crash
+        f"{'9' * 40}.{mac}",
+    ):
         assert request(app, RUNS, cookie=forged).status == 303, forged
     now = time.time()
     stale = TOKENS.issue_session(TOKEN.encode(), now - SESSION_SECONDS - 1)
@@ -493,3 +515,94 @@ def test_static_assets_are_served_without_a_session_and_nothing_else_is(app):
     assert request(app, "/static/log.js").status == 200
     assert request(app, "/static/..%2Fweb.py").status in (403, 404)
     assert request(app, "/static/../web.py").status in (403, 404)
+
+
+def test_a_log_recorded_outside_the_root_drops_its_link_not_the_page(app, root, session):
+    writer = make_run(root, rid(1), jobs=("a", "b"))
+    writer.write_job(JobRecord(id="b", status="passed", host_log_path="/etc/passwd"))
+    page = request(app, f"{RUNS}/{rid(1)}", cookie=session)
+    assert page.status == 200
+    assert "job=b&amp;kind=guest" in page.text and "job=b&amp;kind=host" not in page.text
+    assert "job=a&amp;kind=host" in page.text
+
+
+def test_templates_are_compiled_once(app, root, session):
+    import bottle
+
+    make_run(root, rid(1))
+    request(app, f"{RUNS}/{rid(1)}", cookie=session)
+    compiled = len(bottle.TEMPLATES)
+    for _ in range(20):
+        assert request(app, f"{RUNS}/{rid(1)}", cookie=session).status == 200
+        assert request(app, "/no/such/page", cookie=session).status == 404
+    assert len(bottle.TEMPLATES) <= compiled + 1  # the error page, once
+
+
+def test_oversized_numbers_are_a_400_not_a_crash(app, root, session):
+    make_run(root, rid(1))
+    huge = "9" * 5000
+    page = request(app, f"{RUNS}/{rid(1)}/log", f"job=a&offset={huge}", cookie=session)
+    assert page.status == 400 and "invalid offset" in page.text
+
+
+# -- paging by whole lines, with lines longer than a page ------------------------------------------
+
+
+def odd_log(tmp_path: Path) -> Tuple[Path, bytes]:
+    lines = [b"a" * 9, b"b" * 249, b"c" * 49, b"", b"d" * 120, b"e" * 3, b"f" * 301, b"g" * 7]
+    data = b"\n".join(lines) + b"\nno newline at the end"
+    path = tmp_path / "host.log"
+    path.write_bytes(data)
+    return path, data
+
+
+@pytest.mark.parametrize("limit", [1, 7, 50, 100, 250, 301, 4096])
+def test_next_pages_show_every_byte_once_whatever_the_line_lengths(tmp_path, limit):
+    path, data = odd_log(tmp_path)
+    shown, offset, align = [], 0, True
+    for _ in range(len(data) + 2):
+        page = read_log_page(path, offset, limit, align=align)
+        shown.append(page.text)
+        assert page.start == offset and page.end > page.start  # always progress
+        if page.end >= page.size:
+            break
+        offset, align = page.end, False  # what a Next link does (cont=1)
+    assert "".join(shown).encode() == data
+
+
+@pytest.mark.parametrize("limit", [1, 7, 50, 100, 250, 301, 4096])
+def test_previous_pages_walk_back_to_the_start_without_a_gap(tmp_path, limit):
+    path, data = odd_log(tmp_path)
+    pages, end = [], len(data)
+    for _ in range(len(data) + 2):
+        page = read_log_page_before(path, end, limit)
+        assert page.end == end and page.start < end  # never an empty page, never stuck
+        pages.append(page.text)
+        if page.start == 0:
+            break
+        end = page.start
+    assert "".join(reversed(pages)).encode() == data
+
+
+def test_a_page_asked_to_start_inside_a_line_starts_at_the_next_line(tmp_path):
+    path, data = odd_log(tmp_path)
+    page = read_log_page(path, 3, 400)
+    assert page.start == 10 and page.text.startswith("b" * 249 + "\n")
+    # inside a line longer than the page: the cut line is shown rather than nothing
+    inside_long = read_log_page(path, data.index(b"f") + 5, 50)
+    assert inside_long.text == "f" * 50
+
+
+def test_a_live_tail_holds_back_a_line_still_being_written(tmp_path):
+    path = tmp_path / "host.log"
+    path.write_bytes(b"one\n\x1b[31mred\x1b[0m\nhalf a line \x1b[3")
+    page = read_log_page(path, 0, 4096, align=False, hold_partial=True)
+    assert page.text == "one\n\x1b[31mred\x1b[0m\n" and page.caught_up
+    assert page.end == len(b"one\n\x1b[31mred\x1b[0m\n")
+    only_partial = read_log_page(path, page.end, 4096, align=False, hold_partial=True)
+    assert only_partial.text == "" and only_partial.end == page.end and only_partial.caught_up
+    done = read_log_page(path, page.end, 4096, align=False, hold_partial=False)
+    assert done.text == "half a line \x1b[3" and done.caught_up
+    # a chunk that stops before the end is not caught up: the client asks again at once
+    first = read_log_page(path, 0, 6, align=False, hold_partial=True)
+    assert first.text == "one\n" and not first.caught_up

@@ -133,7 +133,8 @@ def int_param(name: str, default: int, low: int, high: int) -> int:
     text = bottle.request.query.get(name)
     if text is None or text == "":
         return default
-    if not text.isascii() or not text.isdigit() or not low <= int(text) <= high:
+    # a bound on the length first: int() of thousands of digits is slow, or refused
+    if len(text) > 19 or not text.isascii() or not text.isdigit() or not low <= int(text) <= high:
         raise ApiError(400, f"invalid {name} {text!r}: expected an integer from {low} to {high}")
     return int(text)
 
@@ -408,38 +409,74 @@ def read_log_chunk(path: Path, offset: int, limit: int) -> LogChunk:
 
 @dataclass(frozen=True)
 class LogPage:
-    start: int  # where the first shown line begins
-    end: int  # where the next page begins
+    start: int  # the first byte shown
+    end: int  # the byte after the last one shown: where the next page continues
     text: str
     size: int
+    # nothing complete is left after `end`: at most a last line still being written, held back
+    caught_up: bool = True
 
 
-def read_log_page(path: Path, offset: int, limit: int) -> LogPage:
-    """Whole lines from about `offset`: a page that starts mid-line skips to the next line, one
-    that would end mid-line stops at its last newline (unless the log ends there, or one line is
-    longer than `limit`), so pages chained by `end` neither lose nor repeat a line."""
+def _skip_partial_line(before: bytes, raw: bytes) -> int:
+    """How many bytes of `raw` belong to a line that started before it (0 when at a line start,
+    or when the line fills all of `raw`: a long line is shown cut rather than not at all)."""
+    if before in (b"", b"\n"):
+        return 0
+    cut = raw.find(b"\n")
+    return cut + 1 if cut != -1 and cut + 1 < len(raw) else 0
+
+
+def read_log_page(
+    path: Path, offset: int, limit: int, align: bool = True, hold_partial: bool = False
+) -> LogPage:
+    """At most `limit` bytes from `offset`, cut after the last newline unless no newline is in
+    them (one line longer than `limit`) or the log ends there.
+
+    `align`: a page asked to start inside a line starts at the next line instead. Pages chained by
+    `end` (with align=False) show every byte once. `hold_partial`: a last line without its
+    newline yet is held back (a live tail renders whole lines only).
+    """
     try:
         with open_log(path) as handle:
             size = os.fstat(handle.fileno()).st_size
             offset = min(offset, size)
-            start = max(0, offset - 1)
-            handle.seek(start)
-            raw = handle.read(limit + (offset - start))
+            first = max(0, offset - 1)
+            handle.seek(first)
+            raw = handle.read(limit + (offset - first))
     except FileNotFoundError:
         return LogPage(0, 0, "", 0)
-    size = max(size, start + len(raw))
-    if offset > start:
-        at_line_start = raw[:1] == b"\n"
-        raw = raw[1:]
-        if not at_line_start:
-            cut = raw.find(b"\n")
-            if cut != -1:
-                raw = raw[cut + 1 :]
-                offset += cut + 1
-    if offset + len(raw) < size and b"\n" in raw:
+    size = max(size, first + len(raw))
+    before, raw = raw[: offset - first], raw[offset - first :]
+    if align:
+        skip = _skip_partial_line(before, raw)
+        raw, offset = raw[skip:], offset + skip
+    # caught up: only a line still being written (held back) may remain after the page
+    reaches_end = offset + len(raw) >= size
+    if (not reaches_end or hold_partial) and b"\n" in raw:
         raw = raw[: raw.rfind(b"\n") + 1]
+    elif hold_partial and reaches_end and len(raw) < limit:
+        raw = b""  # only a line still being written: wait for its newline
     text, used = decode_prefix(raw)
-    return LogPage(offset, offset + used, text, size)
+    return LogPage(offset, offset + used, text, size, caught_up=reaches_end)
+
+
+def read_log_page_before(path: Path, end: int, limit: int) -> LogPage:
+    """The page that ends at `end`: at most `limit` bytes before it, from a line start when one
+    is in them. Chaining by `start` walks back to the start of the log without a gap."""
+    try:
+        with open_log(path) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            end = min(end, size)
+            start = max(0, end - limit)
+            first = max(0, start - 1)
+            handle.seek(first)
+            raw = handle.read(end - first)
+    except FileNotFoundError:
+        return LogPage(0, 0, "", 0)
+    before, raw = raw[: start - first], raw[start - first :]
+    skip = _skip_partial_line(before, raw)
+    text = raw[skip:].decode("utf-8", "replace")
+    return LogPage(start + skip, end, text, size, caught_up=end >= size)
 
 
 def decode_prefix(chunk: bytes) -> Tuple[str, int]:

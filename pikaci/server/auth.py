@@ -64,8 +64,10 @@ class TokenSet:
         if self.disabled:
             return True
         expiry_text, _, mac = (cookie or "").partition(".")
-        if not expiry_text.isascii() or not expiry_text.isdigit() or not mac:
+        if not expiry_text.isascii() or not expiry_text.isdigit() or len(expiry_text) > 12:
             return False
+        if len(mac) != 64 or any(ch not in "0123456789abcdef" for ch in mac):
+            return False  # compare_digest refuses non-ASCII text: check the shape first
         expiry = int(expiry_text)
         if expiry <= now or expiry > now + SESSION_SECONDS + 60:
             return False

@@ -34,8 +34,8 @@ from pikaci.server.access import (
     log_path,
     orchestrator_alive,
     page_of_runs,
-    read_log_chunk,
     read_log_page,
+    read_log_page_before,
     status_param,
     stream_log,
 )
@@ -44,6 +44,8 @@ from pikaci.server.auth import SESSION_COOKIE, SESSION_SECONDS, TokenSet
 from pikaci.server.timeline import format_duration, render_timeline
 
 VIEWS = Path(__file__).resolve().parent / "views"
+# one list for every render: bottle caches compiled templates by the lookup list's identity
+TEMPLATE_LOOKUP = [str(VIEWS)]
 STATIC = Path(__file__).resolve().parent / "static"
 LOG_PAGE = 256 * 1024
 HEADERS = {
@@ -58,7 +60,7 @@ Handler = Callable[..., Any]
 
 
 def render(name: str, http_status: int = 200, **values: Any) -> bottle.HTTPResponse:
-    body = bottle.template(name, template_lookup=[str(VIEWS)], **values)
+    body = bottle.template(name, template_lookup=TEMPLATE_LOOKUP, **values)
     headers = {"Content-Type": "text/html; charset=utf-8", **HEADERS}
     return bottle.HTTPResponse(body=body, status=http_status, headers=headers)
 
@@ -76,7 +78,7 @@ def web_error_page(error: bottle.HTTPError, tokens: TokenSet) -> str:
     return str(
         bottle.template(
             "error",
-            template_lookup=[str(VIEWS)],
+            template_lookup=TEMPLATE_LOOKUP,
             title=str(error.status_code),
             message=message,
             logged_in=_logged_in(tokens),
@@ -89,10 +91,18 @@ def _logged_in(tokens: TokenSet) -> bool:
 
 
 def _safe_next(target: Optional[str]) -> str:
-    # only a path on this server: `//host` or `/\host` would leave it
-    if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
+    r"""Only a path on this server: `//host`, `/\host`, or either hidden behind a tab or newline
+    (browsers drop those from URLs) would leave it."""
+    if (
+        not target
+        or not target.startswith("/")
+        or target.startswith("//")
+        or "\\" in target
+        or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in target)
+    ):
         return "/"
-    return target
+    parts = urllib.parse.urlsplit(target)
+    return "/" if parts.scheme or parts.netloc else target
 
 
 def _redirect(location: str) -> bottle.HTTPResponse:
@@ -152,7 +162,8 @@ def install_web(app: bottle.Bottle, known: Mapping[str, Repo], tokens: TokenSet)
             path="/",
             httponly=True,
             secure=True,
-            samesite="strict",
+            # Lax: a link from the forge opens the page; nothing changes state on a GET
+            samesite="lax",
         )
         return response
 
@@ -264,7 +275,10 @@ def _run_list(repo: Repo) -> bottle.HTTPResponse:
 def _job_row(repo: Repo, run: RunRecord, job: JobRecord, now: datetime) -> Dict[str, Any]:
     logs = {}
     for kind in LOG_KINDS:
-        path = log_path(repo, run, job, kind)
+        try:
+            path = log_path(repo, run, job, kind)
+        except ApiError:
+            continue  # recorded outside this state root (a moved root): no link, the page stays
         if path.is_file():
             logs[kind] = _log_url(repo, run, job, kind)
     return {
@@ -357,17 +371,20 @@ def _log_page(repo: Repo, run_id: str) -> bottle.HTTPResponse:
     run = load_run(repo, run_id)
     job = find_job(run, job_id)
     path = log_path(repo, run, job, kind)
-    explicit = bottle.request.query.get("offset")
-    offset = int_param("offset", 0, 0, 2**62)
-    if explicit is None:
+    query = bottle.request.query
+    if query.get("before") is not None:
+        shown = read_log_page_before(path, int_param("before", 0, 0, 2**62), LOG_PAGE)
+    elif query.get("offset") is not None:
+        # `cont` marks a Next link: continue exactly where the last page ended, even mid-line
+        align = query.get("cont") != "1"
+        shown = read_log_page(path, int_param("offset", 0, 0, 2**62), LOG_PAGE, align=align)
+    else:
         # a CI log is read from its end: that is where a failure explains itself
-        size = read_log_chunk(path, 0, 1).size
-        offset = max(0, size - LOG_PAGE)
-    shown = read_log_page(path, offset, LOG_PAGE)
+        shown = read_log_page_before(path, 2**62, LOG_PAGE)
     base = f"/repos/{repo.slug}/runs/{run.run_id}/log?"
 
-    def at(where: int) -> str:
-        return base + urllib.parse.urlencode({"job": job.id, "kind": kind, "offset": where})
+    def link(**params: Any) -> str:
+        return base + urllib.parse.urlencode({"job": job.id, "kind": kind, **params})
 
     running = job_running(repo, run, job)
     at_end = shown.end >= shown.size
@@ -390,9 +407,9 @@ def _log_page(repo: Repo, run_id: str) -> bottle.HTTPResponse:
         end=shown.end,
         size=shown.size,
         size_text=_size(shown.size),
-        first_url=at(0) if shown.start > 0 else None,
-        prev_url=at(max(0, shown.start - LOG_PAGE)) if shown.start > 0 else None,
-        next_url=None if at_end else at(shown.end),
+        first_url=link(offset=0) if shown.start > 0 else None,
+        prev_url=link(before=shown.start) if shown.start > 0 else None,
+        next_url=None if at_end else link(offset=shown.end, cont=1),
         last_url=None if at_end else base + tail_query,
         raw_url=f"/repos/{repo.slug}/runs/{run.run_id}/raw?{tail_query}",
         tail_url=f"/repos/{repo.slug}/runs/{run.run_id}/log-tail?{tail_query}",
@@ -409,14 +426,19 @@ def _log_tail(repo: Repo, run_id: str) -> bottle.HTTPResponse:
     job_id = job_param()
     run = load_run(repo, run_id)
     job = find_job(run, job_id)
-    chunk = read_log_chunk(log_path(repo, run, job, kind), offset, TAIL_DEFAULT)
+    running = job_running(repo, run, job)
+    path = log_path(repo, run, job, kind)
+    # whole lines while the job writes: an escape sequence is never cut between two chunks
+    chunk = read_log_page(path, offset, TAIL_DEFAULT, align=False, hold_partial=running)
+    if offset > chunk.size:
+        raise ApiError(400, f"offset {offset} is past the end of the log ({chunk.size} bytes)")
     return _json(
         200,
         {
             "html": ansi_to_html(chunk.text),
-            "next_offset": chunk.next_offset,
-            "eof": chunk.eof,
-            "running": job_running(repo, run, job),
+            "next_offset": chunk.end,
+            "eof": chunk.caught_up,
+            "running": running,
         },
     )
 
