@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -25,7 +24,15 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from noop_rerun import BenchError, bench_env, failure, nproc, source_revision, timed_doit, utc_now
+from noop_rerun import (
+    BenchError,
+    bench_env,
+    failure,
+    machine,
+    source_revision,
+    timed_doit,
+    utc_now,
+)
 
 from pikaci.incus import PHASES
 from pikaci.store import write_json
@@ -144,7 +151,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "benchmark": "incus_lane",
         "created_at": utc_now(),
         "source": source_revision(),
-        "machine": {"python": platform.python_version(), "nproc": nproc()},
+        "machine": machine(),
         "repeat": args.repeat,
         "image_alias": args.alias,
         **summary,

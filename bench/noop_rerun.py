@@ -229,6 +229,11 @@ def nproc() -> int:
         return os.cpu_count() or 1
 
 
+def machine() -> Dict[str, object]:
+    """What every benchmark's result file says about the machine it ran on."""
+    return {"python": platform.python_version(), "nproc": nproc(), "platform": platform.platform()}
+
+
 def target_met(results: Sequence[LaneCountResult]) -> Optional[bool]:
     for result in results:
         if result.lanes == TARGET_LANES:
@@ -263,11 +268,7 @@ def build_report(results: Sequence[LaneCountResult], repeat: int) -> Dict[str, o
         "benchmark": "noop_rerun",
         "created_at": utc_now(),
         "source": source_revision(),
-        "machine": {
-            "python": platform.python_version(),
-            "nproc": nproc(),
-            "platform": platform.platform(),
-        },
+        "machine": machine(),
         "doit_version": metadata.version("doit"),
         "repeat": repeat,
         "results": [result.to_dict() for result in results],

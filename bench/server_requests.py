@@ -46,7 +46,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from urllib.parse import urlencode
 
 import orjson
-from noop_rerun import BenchError, nproc, positive_int, source_revision, utc_now
+from noop_rerun import BenchError, machine, nproc, positive_int, source_revision, utc_now
 
 from pikaci.model import JobRecord, PrepareTiming, RunRecord, format_timestamp
 from pikaci.store import RunWriter, StateRoot, write_json
@@ -1041,11 +1041,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "benchmark": "server_requests",
         "created_at": utc_now(),
         "source": source_revision(),
-        "machine": {
-            "python": platform.python_version(),
-            "nproc": nproc(),
-            "platform": platform.platform(),
-        },
+        "machine": machine(),
         "waitress_version": metadata.version("waitress"),
         "bottle_version": metadata.version("bottle"),
         "parameters": params,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -25,7 +24,14 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import orjson
-from noop_rerun import bench_env, executed_tasks, failure, nproc, source_revision, timed_doit
+from noop_rerun import (
+    bench_env,
+    executed_tasks,
+    failure,
+    machine,
+    source_revision,
+    timed_doit,
+)
 
 from pikaci.store import write_json
 
@@ -109,11 +115,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results = measure(max(1, args.repeat))
     report = {
         "benchmark": "staged_payloads",
-        "machine": {
-            "python": platform.python_version(),
-            "nproc": nproc(),
-            "platform": platform.platform(),
-        },
+        "machine": machine(),
         "nix": subprocess.run(
             ["nix", "--version"], capture_output=True, text=True, check=False
         ).stdout.strip(),

@@ -86,7 +86,7 @@ def install_api(app: bottle.Bottle, known: Mapping[str, Repo], tokens: TokenSet)
     app.route(f"{route}/run/<run_id>", "GET", api(_run))
     app.route(f"{route}/bundle/<run_id>", "GET", api(_bundle))
     app.route(f"{route}/logs/<run_id>", "GET", api(_logs))
-    app.route(f"{route}/raw-log/<run_id>", "GET", api(_raw_log))
+    app.route(f"{route}/raw-log/<run_id>", "GET", api(raw_log_response))
     app.route(f"{route}/prepared-outputs/<run_id>", "GET", api(_prepared))
     app.route(f"{route}/tail/<run_id>", "GET", api(_tail))
 
@@ -145,26 +145,26 @@ def _logs(repo: Repo, run_id: str) -> Dict[str, Any]:
     return {"run_id": run.run_id, "job": job.id, **texts}
 
 
-def _raw_log(repo: Repo, run_id: str) -> bottle.HTTPResponse:
-    """The whole log as text, streamed: memory stays at one chunk whatever its size."""
+def raw_log_response(
+    repo: Repo, run_id: str, headers: Optional[Mapping[str, str]] = None
+) -> bottle.HTTPResponse:
+    """The whole log as text, streamed: memory stays at one chunk whatever its size. Served by
+    the API (`raw-log`) and the log page's Raw link."""
     kind = kind_param(LOG_KINDS, "host")
     job_id = job_param()
     run = load_run(repo, run_id)
     job = find_job(run, job_id)
-    path = log_path(repo, run, job, kind)
     try:
-        size, chunks = stream_log(path)
+        size, chunks = stream_log(log_path(repo, run, job, kind))
     except FileNotFoundError:
         raise ApiError(404, f"job `{job.id}` has no {kind} log") from None
-    return bottle.HTTPResponse(
-        body=chunks,
-        status=200,
-        headers={
-            "Content-Type": "text/plain; charset=utf-8",
-            "Content-Length": str(size),
-            "X-Content-Type-Options": "nosniff",
-        },
-    )
+    response_headers = {
+        **(headers or {}),
+        "Content-Type": "text/plain; charset=utf-8",
+        "Content-Length": str(size),
+        "X-Content-Type-Options": "nosniff",
+    }
+    return bottle.HTTPResponse(body=chunks, status=200, headers=response_headers)
 
 
 def _tail(repo: Repo, run_id: str) -> Dict[str, Any]:

@@ -37,9 +37,9 @@ from pikaci.server.access import (
     read_log_page,
     read_log_page_before,
     status_param,
-    stream_log,
 )
 from pikaci.server.ansi import ansi_to_html
+from pikaci.server.api import raw_log_response
 from pikaci.server.auth import SESSION_COOKIE, SESSION_SECONDS, TokenSet
 from pikaci.server.timeline import format_duration, render_timeline
 
@@ -444,17 +444,4 @@ def _log_tail(repo: Repo, run_id: str) -> bottle.HTTPResponse:
 
 
 def _raw_log(repo: Repo, run_id: str) -> bottle.HTTPResponse:
-    kind = kind_param(LOG_KINDS, "host")
-    job_id = job_param()
-    run = load_run(repo, run_id)
-    job = find_job(run, job_id)
-    try:
-        size, chunks = stream_log(log_path(repo, run, job, kind))
-    except FileNotFoundError:
-        raise ApiError(404, f"job `{job.id}` has no {kind} log") from None
-    headers = {
-        **HEADERS,
-        "Content-Type": "text/plain; charset=utf-8",
-        "Content-Length": str(size),
-    }
-    return bottle.HTTPResponse(body=chunks, status=200, headers=headers)
+    return raw_log_response(repo, run_id, HEADERS)
