@@ -44,7 +44,7 @@ from pikaci.model import (
     duration_ms,
     now_timestamp,
 )
-from pikaci.remote import RemoteLayout, hold_snapshot
+from pikaci.remote import RemoteLayout
 from pikaci.runtimes.base import JobContext, Outcome
 from pikaci.runtimes.guest_layout import (
     HOST_TIMEOUT_GRACE_SECS,
@@ -58,8 +58,8 @@ from pikaci.runtimes.guest_layout import (
 )
 from pikaci.runtimes.remote_common import (
     extract_archive,
+    leased_snapshot,
     open_transport,
-    publish_lane_snapshot,
     require_builder,
     streamer,
 )
@@ -269,12 +269,8 @@ class IncusRuntime:
         if not isinstance(host, BuilderHost):
             return str(ctx.snapshot_dir)
         layout = RemoteLayout.for_builder(host.transport.builder)
-        lease = hold_snapshot(
-            host.transport, layout, ctx.snapshot_id, ctx.run_id, log=ctx.host_log.note
-        )
-        snapshot = stack.enter_context(lease)  # held until the instance is gone
-        publish_lane_snapshot(ctx, host.transport, layout)
-        return snapshot
+        # held until the instance is gone
+        return stack.enter_context(leased_snapshot(ctx, host.transport, layout))
 
 
 def _reap_after_secs() -> int:

@@ -3,16 +3,17 @@ and accounted in the run record), streamed output and the safe unpacking of pull
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import stat
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from pikaci.model import UploadRecord
-from pikaci.remote import PublishResult, RemoteLayout, publish_snapshot
+from pikaci.remote import PublishResult, RemoteLayout, hold_snapshot, publish_snapshot
 from pikaci.runtimes.base import JobContext
 from pikaci.transport import Builder, Transport, TransportError
 
@@ -65,6 +66,16 @@ def publish_lane_snapshot(
     )
     ctx.record_upload(snapshot_upload(host, ctx.snapshot_id, f"execute:{ctx.lane.id}", published))
     return published
+
+
+@contextlib.contextmanager
+def leased_snapshot(ctx: JobContext, transport: Transport, layout: RemoteLayout) -> Iterator[str]:
+    """The lane's snapshot on the builder, leased and then published (so GC cannot remove it
+    between publish and use), held while the block runs; yields its directory there."""
+    lease = hold_snapshot(transport, layout, ctx.snapshot_id, ctx.run_id, log=ctx.host_log.note)
+    with lease as snapshot:
+        publish_lane_snapshot(ctx, transport, layout)
+        yield snapshot
 
 
 def snapshot_upload(

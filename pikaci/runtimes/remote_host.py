@@ -16,12 +16,12 @@ import time
 from typing import Dict
 
 from pikaci.model import RUN_PASSED, RecordError, TerminalResult
-from pikaci.remote import RemoteLayout, hold_snapshot
+from pikaci.remote import RemoteLayout
 from pikaci.runtimes.base import JobContext, Outcome, write_result
 from pikaci.runtimes.remote_common import (
     extract_archive,
+    leased_snapshot,
     open_transport,
-    publish_lane_snapshot,
     require_builder,
     streamer,
 )
@@ -37,9 +37,7 @@ class RemoteHostProcessRuntime:
         layout = RemoteLayout.for_builder(builder)
         # not closed: the shared master (ControlPersist) serves collect, other lanes and runs
         transport = open_transport(ctx, builder)
-        # the lease comes first, so the snapshot cannot vanish between publish and use
-        with hold_snapshot(transport, layout, ctx.snapshot_id, ctx.run_id, log=log) as snapshot:
-            publish_lane_snapshot(ctx, transport, layout)
+        with leased_snapshot(ctx, transport, layout) as snapshot:
             job = layout.job_dir(ctx.run_id, ctx.lane.id)
             transport.run(
                 "prepare job directory",

@@ -34,7 +34,7 @@ from pikaci.builder_nix import physical_path
 from pikaci.guest import runner as guest
 from pikaci.model import TerminalResult, dumps_pretty, loads_object
 from pikaci.payload import PayloadMount
-from pikaci.remote import RemoteLayout, hold_snapshot
+from pikaci.remote import RemoteLayout
 from pikaci.runtimes.base import JobContext, Outcome, StagedOutput
 from pikaci.runtimes.guest_layout import (
     HOST_BINS,
@@ -56,8 +56,8 @@ from pikaci.runtimes.guest_layout import (
 )
 from pikaci.runtimes.remote_common import (
     extract_archive,
+    leased_snapshot,
     open_transport,
-    publish_lane_snapshot,
     require_builder,
     streamer,
 )
@@ -81,8 +81,7 @@ class RemoteSandboxRuntime:
         shutil.rmtree(runtime_dir(ctx).parent, ignore_errors=True)  # an earlier host verdict
         # not closed: the shared master stays up (ControlPersist) for collect and other lanes
         transport = open_transport(ctx, builder)
-        publish_lane_snapshot(ctx, transport, layout)
-        with hold_snapshot(transport, layout, ctx.snapshot_id, ctx.run_id, log=log) as snapshot:
+        with leased_snapshot(ctx, transport, layout) as snapshot:
             system, system_dirs = _prepare(transport, layout, job, _prepare_payload(ctx))
             argv = bwrap_command(
                 system=system,
