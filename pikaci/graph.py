@@ -737,6 +737,7 @@ class CatalogLoader(TaskLoader2):  # type: ignore[misc]
         super().__init__()
         self.catalog = catalog
         self.session = RunSession(catalog, settings)
+        self._task_dicts: Optional[List[TaskDict]] = None
 
     def setup(self, opt_values: Dict[str, Any]) -> None:
         pass
@@ -769,11 +770,20 @@ class CatalogLoader(TaskLoader2):  # type: ignore[misc]
         return [name for name in names if name not in MAINTENANCE_TASKS and not is_ci_task(name)]
 
     def task_dicts(self) -> List[TaskDict]:
-        try:
-            self.catalog.validate()
-        except CatalogError as exc:
-            raise InvalidTask(str(exc)) from None
-        return list(TaskBuilder(self.catalog, self.session).tasks())
+        """The tasks, built once: the config's default tasks and doit's task load both need them.
+
+        Copies, one level deep: doit pops and rewrites keys of the dicts it is handed.
+        """
+        if self._task_dicts is None:
+            try:
+                self.catalog.validate()
+            except CatalogError as exc:
+                raise InvalidTask(str(exc)) from None
+            self._task_dicts = list(TaskBuilder(self.catalog, self.session).tasks())
+        return [
+            {key: list(value) if isinstance(value, list) else value for key, value in item.items()}
+            for item in self._task_dicts
+        ]
 
     def load_tasks(self, cmd: Any, pos_args: List[str]) -> List[Task]:
         task_dicts = self.task_dicts()
