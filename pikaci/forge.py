@@ -217,9 +217,6 @@ class ForgeManifest:
     branch_lanes: Tuple[ForgeLane, ...]
     nightly_lanes: Tuple[ForgeLane, ...]
 
-    def lanes(self, kind: str) -> Tuple[ForgeLane, ...]:
-        return self.branch_lanes if kind == BRANCH else self.nightly_lanes
-
 
 def staged_command(target: str) -> Tuple[str, ...]:
     """The forge's normalised command of a staged lane."""

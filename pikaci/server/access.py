@@ -31,10 +31,10 @@ from pikaci.model import (
     parse_timestamp,
 )
 from pikaci.store import (
-    PREPARED_OUTPUTS_FILE,
     RUN_FILE,
     StateRoot,
     job_log_paths,
+    prepared_outputs_path,
     read_json_object,
     run_is_active,
 )
@@ -45,6 +45,7 @@ MAX_PAGE = 200
 LOG_CAP = 8 * 1024 * 1024
 TAIL_DEFAULT = 64 * 1024
 TAIL_MAX = 1024 * 1024
+MAX_OFFSET = 2**62  # the largest byte offset a request may name
 STREAM_CHUNK = 256 * 1024
 LOG_KINDS = ("host", "guest")
 
@@ -311,6 +312,14 @@ def find_job(run: RunRecord, job_id: Optional[str]) -> JobRecord:
     return job
 
 
+def load_job(repo: Repo, run_id: str) -> Tuple[RunRecord, JobRecord]:
+    """The run and the job the `job` parameter names (its first job without one); the job id is
+    checked before the run is read."""
+    job_id = job_param()
+    run = load_run(repo, run_id)
+    return run, find_job(run, job_id)
+
+
 def orchestrator_alive(repo: Repo, run: RunRecord) -> bool:
     if run.status != RUN_RUNNING:
         return False
@@ -329,10 +338,7 @@ def job_running(repo: Repo, run: RunRecord, job: JobRecord) -> bool:
 
 def load_prepared(repo: Repo, run: RunRecord) -> Optional[Dict[str, Any]]:
     """The record, or None when it is absent, corrupt or outside the state root."""
-    if run.prepared_outputs_path:
-        path = Path(run.prepared_outputs_path)
-    else:
-        path = repo.state.runs_dir / run.run_id / PREPARED_OUTPUTS_FILE
+    path = prepared_outputs_path(repo.state, run)
     if not repo.inside(path) or not path.is_file():
         return None
     try:
@@ -377,18 +383,16 @@ def read_log_end(path: Path) -> Optional[str]:
 
 
 @dataclass(frozen=True)
-class LogChunk:
-    offset: int
+class LogPage:
+    start: int  # the first byte shown
+    end: int  # the byte after the last one shown: where the next page continues
     text: str
-    next_offset: int
     size: int
-
-    @property
-    def eof(self) -> bool:
-        return self.next_offset >= self.size
+    # nothing complete is left after `end`: at most a last line still being written, held back
+    caught_up: bool = True
 
 
-def read_log_chunk(path: Path, offset: int, limit: int) -> LogChunk:
+def read_log_chunk(path: Path, offset: int, limit: int) -> LogPage:
     """`limit` bytes from `offset`, ending on a character boundary; a missing log is empty."""
     try:
         with open_log(path) as handle:
@@ -400,21 +404,12 @@ def read_log_chunk(path: Path, offset: int, limit: int) -> LogChunk:
     except FileNotFoundError:
         if offset:
             raise ApiError(400, f"offset {offset} is past the end of the log (0 bytes)") from None
-        return LogChunk(0, "", 0, 0)
+        return LogPage(0, 0, "", 0)
     except OSError as exc:
         raise ApiError(404, f"cannot read {path.name}: {exc.strerror}") from None
     text, used = decode_prefix(chunk)
-    return LogChunk(offset, text, offset + used, max(size, offset + len(chunk)))
-
-
-@dataclass(frozen=True)
-class LogPage:
-    start: int  # the first byte shown
-    end: int  # the byte after the last one shown: where the next page continues
-    text: str
-    size: int
-    # nothing complete is left after `end`: at most a last line still being written, held back
-    caught_up: bool = True
+    size = max(size, offset + len(chunk))
+    return LogPage(offset, offset + used, text, size, caught_up=offset + used >= size)
 
 
 def _skip_partial_line(before: bytes, raw: bytes) -> int:

@@ -16,16 +16,16 @@ import orjson
 from pikaci.server.access import (
     DEFAULT_PAGE,
     LOG_KINDS,
+    MAX_OFFSET,
     MAX_PAGE,
     TAIL_DEFAULT,
     TAIL_MAX,
     ApiError,
     Repo,
-    find_job,
     int_param,
-    job_param,
     job_running,
     kind_param,
+    load_job,
     load_prepared,
     load_run,
     log_path,
@@ -135,9 +135,7 @@ def _prepared(repo: Repo, run_id: str) -> Dict[str, Any]:
 
 def _logs(repo: Repo, run_id: str) -> Dict[str, Any]:
     kind = kind_param((*LOG_KINDS, "both"), "both")
-    job_id = job_param()
-    run = load_run(repo, run_id)
-    job = find_job(run, job_id)
+    run, job = load_job(repo, run_id)
     texts: Dict[str, Optional[str]] = {"host": None, "guest": None}
     for name in LOG_KINDS:
         if kind in (name, "both"):
@@ -151,9 +149,7 @@ def raw_log_response(
     """The whole log as text, streamed: memory stays at one chunk whatever its size. Served by
     the API (`raw-log`) and the log page's Raw link."""
     kind = kind_param(LOG_KINDS, "host")
-    job_id = job_param()
-    run = load_run(repo, run_id)
-    job = find_job(run, job_id)
+    run, job = load_job(repo, run_id)
     try:
         size, chunks = stream_log(log_path(repo, run, job, kind))
     except FileNotFoundError:
@@ -169,11 +165,9 @@ def raw_log_response(
 
 def _tail(repo: Repo, run_id: str) -> Dict[str, Any]:
     kind = kind_param(LOG_KINDS, "host")
-    offset = int_param("offset", 0, 0, 2**62)
+    offset = int_param("offset", 0, 0, MAX_OFFSET)
     limit = int_param("limit", TAIL_DEFAULT, 1, TAIL_MAX)
-    job_id = job_param()
-    run = load_run(repo, run_id)
-    job = find_job(run, job_id)
+    run, job = load_job(repo, run_id)
     chunk = read_log_chunk(log_path(repo, run, job, kind), offset, limit)
     return {
         "run_id": run.run_id,
@@ -181,7 +175,7 @@ def _tail(repo: Repo, run_id: str) -> Dict[str, Any]:
         "kind": kind,
         "offset": offset,
         "data": chunk.text,
-        "next_offset": chunk.next_offset,
-        "eof": chunk.eof,
+        "next_offset": chunk.end,
+        "eof": chunk.caught_up,
         "running": job_running(repo, run, job),
     }

@@ -112,7 +112,8 @@ class TimelineRow:
 # -- rows -----------------------------------------------------------------------------------
 
 
-def _moment(value: object) -> Optional[datetime]:
+def parse_moment(value: object) -> Optional[datetime]:
+    """A record's timestamp, or None when it is missing or unparsable (never raises)."""
     if not isinstance(value, str) or not value:
         return None
     try:
@@ -145,8 +146,8 @@ def _span(
     now: datetime,
     reused_from: Optional[str] = None,
 ) -> _Span:
-    start = _moment(started_at)
-    end = _moment(finished_at)
+    start = parse_moment(started_at)
+    end = parse_moment(finished_at)
     note = f"reused from {reused_from}" if reused_from else ""
     if start is None:
         return _Span(key, label, kind, status, None, None, note or NOTE_NOT_TIMED)
@@ -168,7 +169,7 @@ def _spans(run: RunRecord, now: datetime) -> List[_Span]:
     spans: List[_Span] = []
     for timing in run.prepare_timings:
         live = run_live and not timing.finished_at
-        status = RUN_RUNNING if live and _moment(timing.started_at) else PREPARE_DONE
+        status = RUN_RUNNING if live and parse_moment(timing.started_at) else PREPARE_DONE
         spans.append(
             _span(
                 f"prepare:{timing.node_id}",
@@ -224,7 +225,7 @@ def _aware(moment: Optional[datetime]) -> datetime:
 
 def _origin(run: RunRecord, spans: List[_Span]) -> Optional[datetime]:
     candidates = [span.start for span in spans if span.start is not None]
-    created = _moment(run.created_at)
+    created = parse_moment(run.created_at)
     if created is not None:
         candidates.append(created)
     return min(candidates) if candidates else None
@@ -252,7 +253,7 @@ def _timeline(run: RunRecord, now: datetime) -> Tuple[List[TimelineRow], Optiona
         )
         for span in spans
     ]
-    return rows, _offset(_moment(run.finished_at), origin)
+    return rows, _offset(parse_moment(run.finished_at), origin)
 
 
 def timeline_rows(run: RunRecord, now: Optional[datetime] = None) -> List[TimelineRow]:

@@ -17,18 +17,18 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 import bottle
 import orjson
 
-from pikaci.model import RUN_RUNNING, RUN_STATUSES, JobRecord, RunRecord, parse_timestamp
+from pikaci.model import RUN_RUNNING, RUN_STATUSES, JobRecord, RunRecord
 from pikaci.server.access import (
     DEFAULT_PAGE,
     LOG_KINDS,
+    MAX_OFFSET,
     TAIL_DEFAULT,
     ApiError,
     Repo,
-    find_job,
     int_param,
-    job_param,
     job_running,
     kind_param,
+    load_job,
     load_prepared,
     load_run,
     log_path,
@@ -41,7 +41,7 @@ from pikaci.server.access import (
 from pikaci.server.ansi import ansi_to_html
 from pikaci.server.api import raw_log_response
 from pikaci.server.auth import SESSION_COOKIE, SESSION_SECONDS, TokenSet
-from pikaci.server.timeline import format_duration, render_timeline
+from pikaci.server.timeline import format_duration, parse_moment, render_timeline
 
 VIEWS = Path(__file__).resolve().parent / "views"
 # one list for every render: bottle caches compiled templates by the lookup list's identity
@@ -203,10 +203,9 @@ def _now() -> datetime:
 
 
 def _seconds_between(start: Optional[str], end: Optional[str], now: datetime) -> Optional[float]:
-    try:
-        begun = parse_timestamp(start or "")
-        ended = parse_timestamp(end) if end else now
-    except (TypeError, ValueError):
+    begun = parse_moment(start)
+    ended = parse_moment(end) if end else now
+    if begun is None or ended is None:
         return None
     return max(0.0, (ended - begun).total_seconds())
 
@@ -349,7 +348,7 @@ def _run_page(repo: Repo, run_id: str) -> bottle.HTTPResponse:
         duration=_duration(run.created_at, run.finished_at if not alive else None, now),
         age=_age(run.created_at, now),
         jobs=[_job_row(repo, run, job, now) for job in run.jobs],
-        timeline=render_timeline(run, now if alive else None),
+        timeline=render_timeline(run, now),
         prepared=_prepared_rows(load_prepared(repo, run)),
         uploads=uploads,
         refresh=5 if alive else 0,
@@ -358,29 +357,29 @@ def _run_page(repo: Repo, run_id: str) -> bottle.HTTPResponse:
 
 
 def _size(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+    if count < 1024:
+        return f"{count:.0f} B"
+    for unit in ("KiB", "MiB"):
         count /= 1024
-    return f"{count:.1f} GiB"
+        if count < 1024:
+            return f"{count:.1f} {unit}"
+    return f"{count / 1024:.1f} GiB"
 
 
 def _log_page(repo: Repo, run_id: str) -> bottle.HTTPResponse:
     kind = kind_param(LOG_KINDS, "host")
-    job_id = job_param()
-    run = load_run(repo, run_id)
-    job = find_job(run, job_id)
+    run, job = load_job(repo, run_id)
     path = log_path(repo, run, job, kind)
     query = bottle.request.query
     if query.get("before") is not None:
-        shown = read_log_page_before(path, int_param("before", 0, 0, 2**62), LOG_PAGE)
+        shown = read_log_page_before(path, int_param("before", 0, 0, MAX_OFFSET), LOG_PAGE)
     elif query.get("offset") is not None:
         # `cont` marks a Next link: continue exactly where the last page ended, even mid-line
         align = query.get("cont") != "1"
-        shown = read_log_page(path, int_param("offset", 0, 0, 2**62), LOG_PAGE, align=align)
+        shown = read_log_page(path, int_param("offset", 0, 0, MAX_OFFSET), LOG_PAGE, align=align)
     else:
         # a CI log is read from its end: that is where a failure explains itself
-        shown = read_log_page_before(path, 2**62, LOG_PAGE)
+        shown = read_log_page_before(path, MAX_OFFSET, LOG_PAGE)
     base = f"/repos/{repo.slug}/runs/{run.run_id}/log?"
 
     def link(**params: Any) -> str:
@@ -405,7 +404,6 @@ def _log_page(repo: Repo, run_id: str) -> bottle.HTTPResponse:
         html=ansi_to_html(shown.text),
         start=shown.start,
         end=shown.end,
-        size=shown.size,
         size_text=_size(shown.size),
         first_url=link(offset=0) if shown.start > 0 else None,
         prev_url=link(before=shown.start) if shown.start > 0 else None,
@@ -415,17 +413,14 @@ def _log_page(repo: Repo, run_id: str) -> bottle.HTTPResponse:
         tail_url=f"/repos/{repo.slug}/runs/{run.run_id}/log-tail?{tail_query}",
         live=running and at_end,
         running=running,
-        refresh=0,
         logged_in=True,
     )
 
 
 def _log_tail(repo: Repo, run_id: str) -> bottle.HTTPResponse:
     kind = kind_param(LOG_KINDS, "host")
-    offset = int_param("offset", 0, 0, 2**62)
-    job_id = job_param()
-    run = load_run(repo, run_id)
-    job = find_job(run, job_id)
+    offset = int_param("offset", 0, 0, MAX_OFFSET)
+    run, job = load_job(repo, run_id)
     running = job_running(repo, run, job)
     path = log_path(repo, run, job, kind)
     # whole lines while the job writes: an escape sequence is never cut between two chunks

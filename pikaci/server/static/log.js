@@ -35,7 +35,6 @@
           if (follow) window.scrollTo(0, document.body.scrollHeight);
         }
         offset = chunk.next_offset;
-        log.dataset.nextOffset = String(offset);
         if (!chunk.eof) {
           setTimeout(poll, 0);
         } else if (chunk.running) {
