@@ -73,7 +73,9 @@ PHASES = (
 )
 
 # guest side: the image's runner and the files it reads and writes (same as the sandbox layout)
-GUEST_WORKSPACE = "/workspace/snapshot"
+# marked instances older than this are leftovers of runs that died: reaped before creating new
+REAP_AFTER_SECS = 6 * 3600
+GUEST_WORKSPACE = guest.DEFAULT_DIRS["workspace_dir"]
 RUNNER_PATH = guest.RUNNER_PATH  # /run/current-system/sw/bin/pikaci-incus-run
 GUEST_RUN_DIR = guest.DEFAULT_RUN_DIR  # /run/pika-cloud
 # same file name as upstream (`guest-request.json`), taken from the runner itself

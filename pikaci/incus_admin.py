@@ -7,14 +7,13 @@ connection (`--remote`, the builder from the environment).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
-
-import orjson
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from pikaci import incus
 from pikaci.runtimes.incus_runtime import (
@@ -52,8 +51,18 @@ def settings(remote: bool) -> incus.IncusSettings:
 def image_fingerprint(files: Sequence[Path]) -> str:
     """Incus's fingerprint of an image: SHA-256 over the unified tarball, or over the metadata
     tarball followed by the rootfs (split images, as the NixOS image is built)."""
-    digest = hashlib.sha256()
+    # `doit incus_image` asks twice (up-to-date check, then import): hash gigabytes once
+    keys = []
     for path in files:
+        info = Path(path).stat()
+        keys.append((str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns))
+    return _sha256_of(tuple(keys))
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_of(files: Tuple[Tuple[str, int, int, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    for path, *_ in files:
         with open(path, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
@@ -152,7 +161,3 @@ def reap_instances(
     if report.failed:
         raise IncusAdminError(f"could not delete {', '.join(report.failed)} on {host.name}")
     return report
-
-
-def dumps(data: Dict[str, Any]) -> str:
-    return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()

@@ -15,7 +15,6 @@ from pikaci.transport import RemoteCommandError, TransportError
 
 INCUS_IMAGE_TASK = "incus_image"
 INCUS_REAP_TASK = "incus_reap"
-DEFAULT_REAP_AFTER_SECS = 6 * 3600
 _ERRORS = (incus_admin.IncusAdminError, incus.IncusError, TransportError, RemoteCommandError)
 
 _REMOTE_PARAM = {
@@ -85,7 +84,7 @@ def incus_reap_task() -> Dict[str, Any]:
                 "name": "older_than",
                 "long": "older-than",
                 "type": float,
-                "default": float(DEFAULT_REAP_AFTER_SECS),
+                "default": float(incus.REAP_AFTER_SECS),
                 "help": "minimum age in seconds of an instance to delete",
             },
             _REMOTE_PARAM,

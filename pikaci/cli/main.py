@@ -24,12 +24,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple
 
-from pikaci import incus, incus_admin, incus_tasks
+from pikaci import incus, incus_admin
 from pikaci.catalog import Catalog
 from pikaci.cli import inspect, remote_gc
 from pikaci.forge import BRANCH, NIGHTLY, ChangeSetError, ForgeManifestError
 from pikaci.forge_tasks import compute_plan, render_plan
-from pikaci.model import RUN_FAILED, RUN_SKIPPED, RecordError
+from pikaci.model import RUN_FAILED, RUN_SKIPPED, RecordError, dumps_pretty
 from pikaci.server.serve import ServeError, resolve_config, serve
 from pikaci.session import OUTPUT_MODES, Settings
 from pikaci.settings import builder_from_environment, settings_from_environment
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     reap.add_argument(
         "--older-than",
         type=_non_negative_float,
-        default=float(incus_tasks.DEFAULT_REAP_AFTER_SECS),
+        default=float(incus.REAP_AFTER_SECS),
         metavar="SECS",
         help="minimum age of a marked instance to delete (default 6 hours)",
     )
@@ -340,7 +340,7 @@ def _incus(args: argparse.Namespace) -> int:
         host, config, args.older_than, (lambda line: None) if args.json else print
     )
     if args.json:
-        print(incus_admin.dumps(report.to_dict()))
+        sys.stdout.write(dumps_pretty(report.to_dict()).decode())
     else:
         print(
             f"incus reap on {host.name}: removed {len(report.removed)} instance(s), "

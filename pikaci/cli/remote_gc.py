@@ -14,8 +14,8 @@ from typing import List, TextIO
 
 from pikaci.model import dumps_pretty
 from pikaci.remote import GcResult, RemoteError, RemoteLayout, remote_gc
-from pikaci.runtimes.remote_common import control_dir
-from pikaci.transport import Builder, RemoteCommandError, Transport, TransportError
+from pikaci.runtimes.remote_common import connect
+from pikaci.transport import Builder, RemoteCommandError, TransportError
 
 DEFAULT_KEEP_RUNS = 20
 DEFAULT_KEEP_SNAPSHOTS_DAYS = 2.0
@@ -63,9 +63,7 @@ def collect_garbage(builder: Builder, keep_runs: int, keep_snapshots_days: float
     check_keep_runs(keep_runs)
     check_keep_snapshots_days(keep_snapshots_days)
     layout = RemoteLayout.for_builder(builder)
-    # The shared ControlMaster is left to ControlPersist: closing it (`ssh -O exit`) would cut
-    # the sessions of lanes and leases other pikaci processes run over it right now.
-    transport = Transport(builder, control_dir(), _discard)
+    transport = connect(builder, _discard)  # never closed: other processes share the master
     return remote_gc(transport, layout, keep_runs, keep_snapshots_days, _discard)
 
 

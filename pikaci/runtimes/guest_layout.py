@@ -35,7 +35,9 @@ from pikaci.store import read_json_object
 
 BWRAP = "bwrap"
 GUEST_SW = guest.SYSTEM_SW
-GUEST_WORKSPACE = "/workspace/snapshot"
+GUEST_WORKSPACE = guest.DEFAULT_DIRS["workspace_dir"]
+# a bounding `timeout` fired: TERM (124), or KILL (137) after its grace
+TIMEOUT_EXIT_CODES = (124, 137)
 RUNNER_NAME = "pikaci-incus-run"
 # the runner enforces the lane timeout itself; the host waits this much longer before killing
 HOST_TIMEOUT_GRACE_SECS = 30

@@ -48,6 +48,7 @@ from pikaci.remote import RemoteLayout
 from pikaci.runtimes.base import JobContext, Outcome
 from pikaci.runtimes.guest_layout import (
     HOST_TIMEOUT_GRACE_SECS,
+    TIMEOUT_EXIT_CODES,
     MountSources,
     collect_runtime_dir,
     guest_request,
@@ -67,10 +68,7 @@ from pikaci.runtimes.remote_sandbox import builder_mount_sources
 from pikaci.runtimes.sandbox import local_mount_sources
 from pikaci.transport import RemoteCommandError, Transport
 
-# marked instances older than this are leftovers of runs that died; reaped before creating
-REAP_AFTER_SECS = 6 * 3600
 ENV_REAP_AFTER = "PIKACI_INCUS_REAP_AFTER_SECS"
-_TIMEOUT_CODES = (124, 137)
 READY_POLL_SECS = 0.2
 
 
@@ -199,10 +197,9 @@ class _Phases:
     """Times each phase into the job record as it completes (an interrupted lane keeps the
     phases it got through)."""
 
-    def __init__(self, ctx: JobContext, settings: incus.IncusSettings) -> None:
+    def __init__(self, ctx: JobContext) -> None:
         self.ctx = ctx
         self.execution = RemoteLinuxVmExecution(backend=incus.BACKEND)
-        self.settings = settings
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -230,7 +227,7 @@ class IncusRuntime:
 
     def execute(self, ctx: JobContext) -> Outcome:
         settings = incus.incus_settings_from_environment(os.environ, sudo_default=self.remote)
-        phases = _Phases(ctx, settings)
+        phases = _Phases(ctx)
         instance = incus.instance_name(ctx.run_id, ctx.lane.id)
         shutil.rmtree(runtime_dir(ctx).parent, ignore_errors=True)  # an earlier host verdict
         with contextlib.ExitStack() as stack:
@@ -276,7 +273,7 @@ class IncusRuntime:
 def _reap_after_secs() -> int:
     raw = os.environ.get(ENV_REAP_AFTER, "").strip()
     if not raw:
-        return REAP_AFTER_SECS
+        return incus.REAP_AFTER_SECS
     if not raw.isdigit():
         raise ValueError(f"{ENV_REAP_AFTER}: expected a number of seconds, got {raw!r}")
     return int(raw)
@@ -431,7 +428,7 @@ def _run_guest(
         on_line=streamer(ctx, "[runner:stdout] "),
     )
     elapsed = time.monotonic() - started
-    timed_out = done.exit_code in _TIMEOUT_CODES and elapsed >= limit
+    timed_out = done.exit_code in TIMEOUT_EXIT_CODES and elapsed >= limit
     if timed_out:
         ctx.host_log.note(f"timeout after {limit}s, killing the guest command")
     ctx.host_log.note(f"guest runner exited with {done.exit_code} after {elapsed:.2f}s")

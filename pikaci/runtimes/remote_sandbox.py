@@ -41,6 +41,7 @@ from pikaci.runtimes.guest_layout import (
     HOST_TIMEOUT_GRACE_SECS,
     RUNNER_NAME,
     SYSTEM_DIRS_PROBE,
+    TIMEOUT_EXIT_CODES,
     SandboxError,
     SystemDirs,
     bwrap_command,
@@ -66,7 +67,6 @@ from pikaci.transport import Builder, Transport
 RUN_DIR_NAME = "pika-cloud"
 NO_BWRAP = 97  # the prepare script's exit code when the builder lacks bwrap
 RESULT_LIMIT = 1 << 20  # bytes of the runner's result.json sent back with the run
-_TIMEOUT_CODES = (124, 137)  # the remote `timeout` fired (TERM, or KILL after its grace)
 
 
 class RemoteSandboxRuntime:
@@ -109,7 +109,7 @@ class RemoteSandboxRuntime:
             )
             elapsed = time.monotonic() - started
         code = result.exit_code
-        timed_out = not stream.ended and code in _TIMEOUT_CODES and elapsed >= limit
+        timed_out = not stream.ended and code in TIMEOUT_EXIT_CODES and elapsed >= limit
         log(f"sandbox exited with {code} after {elapsed:.2f}s on {builder.host}")
         return runner_outcome(ctx, stream.load_result, code, timed_out)
 
