@@ -62,12 +62,16 @@ def make_run(
     return writer
 
 
+PIKACI_SERVE = (sys.executable, "-m", "pikaci.cli.main", "serve")
+
+
 def start_serve(
-    cwd: Path, env: Dict[str, str], args: Sequence[str] = ()
+    cwd: Path, env: Dict[str, str], args: Sequence[str] = (), command: Sequence[str] = PIKACI_SERVE
 ) -> Tuple[subprocess.Popen[str], int]:
-    """`pikaci serve --port 0 ARGS` in `cwd`; returns the process and the port it bound."""
+    """`COMMAND --port 0 ARGS` (`pikaci serve` unless told otherwise) in `cwd`; returns the
+    process and the port it bound."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "pikaci.cli.main", "serve", "--port", "0", *args],
+        [*command, "--port", "0", *args],
         cwd=cwd,
         env=env,
         stderr=subprocess.PIPE,

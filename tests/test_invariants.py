@@ -21,17 +21,6 @@ from tests.conftest import REPO_ROOT, require_component
 SCRIPT = REPO_ROOT / "scripts" / "check_invariants.py"
 COPIED = ("dodo.py", "pikaci", "scripts", "ci", "invariants", "pyproject.toml")
 MUST_IDS = ("PIKACI-002", "PIKACI-003", "PIKACI-004", "PIKACI-005", "PIKACI-006")
-# used when this checkout has no forge manifest: one branch lane per staged target
-MINIMAL_MANIFEST = """\
-version = 1
-nightly_schedule_utc = "08:00"
-
-[[branch.lanes]]
-id = "demo"
-title = "check-demo"
-staged_linux_target = "demo"
-paths = ["pikaci/**", "ci/forge-lanes.toml"]
-"""
 
 
 def find_python39() -> Optional[str]:
@@ -85,10 +74,8 @@ def repo(tmp_path: Path) -> Path:
             shutil.copytree(source, root / name, ignore=ignore)
         elif source.is_file():
             shutil.copy2(source, root / name)
-    manifest = root / "ci" / "forge-lanes.toml"
-    if not manifest.is_file():
-        manifest.parent.mkdir(parents=True, exist_ok=True)
-        manifest.write_text(MINIMAL_MANIFEST)
+    # the real manifest, never a stand-in: PIKACI-005 checks it against the catalog
+    assert (root / "ci" / "forge-lanes.toml").is_file()
     return root
 
 

@@ -7,7 +7,6 @@ import io
 import os
 import shutil
 import signal
-import subprocess
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -703,8 +702,11 @@ def test_real_run_bundle_over_the_api(real_project):
     assert all(job["host_log_exists"] for job in bundle["logs"]["jobs"])
     tail = get(app, f"{BASE}/tail/{run_id}", "job=b&limit=4")[1]
     assert tail["next_offset"] == 4 and not tail["eof"] and tail["running"] is False
-    status, _ = get(app, f"{BASE}/prepared-outputs/{run_id}")
-    assert status in (200, 404)
+    # every run writes its prepared-outputs record, empty for host-process lanes
+    assert get(app, f"{BASE}/prepared-outputs/{run_id}") == (
+        200,
+        {"run_id": run_id, "prepared_outputs": {"schema_version": 1, "outputs": []}},
+    )
 
 
 def start_serve(project, *args, env=None):
@@ -790,19 +792,9 @@ def test_doit_serve_task_serves_this_checkout_and_is_never_a_default(real_projec
     refused = project.doit("serve", "--port", "0")  # no tokens configured: a clear task error
     assert refused.returncode != 0
     assert "serve: no server tokens configured" in refused.stdout + refused.stderr
-    process = subprocess.Popen(
-        [*DOIT, "serve", "--port", "0", "--no-auth"],
-        cwd=project.root,
-        env={**project.env, "PYTHONPATH": str(REPO_ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    env = {**project.env, "PYTHONPATH": str(REPO_ROOT)}
+    process, port = serve_in(project.root, env, ["--no-auth"], command=[*DOIT, "serve"])
     try:
-        assert process.stderr is not None
-        line = process.stderr.readline()
-        assert "listening on http://127.0.0.1:" in line, line
-        port = int(line.split("http://127.0.0.1:", 1)[1].split("/", 1)[0])
         (run_id,) = project.run_ids()
         status, body = raw_get(port, f"/api/repos/my-repo/pikaci/run/{run_id}", token=None)
         assert status == 200 and body["run_id"] == run_id

@@ -10,13 +10,19 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
-from tests.conftest import REPO_ROOT, LaneSpec, new_repository, render_dodo, require_component
+from tests.conftest import (
+    REPO_ROOT,
+    LaneSpec,
+    new_repository,
+    render_dodo,
+    require_component,
+    wait_for,
+)
 from tests.serving import start_serve
 
 pytestmark = pytest.mark.slow
@@ -219,16 +225,14 @@ def test_the_log_page_tails_a_running_job_live(playwright_api, browser, server, 
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 60
-        log = None
-        while time.monotonic() < deadline:
-            new = [r for r in project.run_ids() if r not in before]
-            if new:
-                log = project.job_dir(new[0], "slow") / "host.log"
-                if log.is_file() and "tick 2" in log.read_text():
-                    break
-            time.sleep(0.1)
-        assert log is not None and new, "the slow lane never started"
+
+        def started() -> bool:
+            new[:] = [r for r in project.run_ids() if r not in before]
+            log = project.job_dir(new[0], "slow") / "host.log" if new else None
+            return log is not None and log.is_file() and "tick 2" in log.read_text()
+
+        new: List[str] = []
+        assert wait_for(started, 60, 0.1), "the slow lane never started"
         page.goto(f"{server}/repos/{SLUG}/runs/{new[0]}/log?job=slow&kind=host")
         assert page.locator("#live-state").inner_text() == "live"
         first = page.locator("pre.log").inner_text()
