@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, Tuple
+from typing import Any, Dict, Iterator, Tuple
 
 import orjson
 import pytest
@@ -19,6 +19,22 @@ from tests.incus import CACHE_DIR, Incus, incus  # noqa: F401
 pytestmark = pytest.mark.slow
 
 REQUEST_PATH = f"{guest.DEFAULT_RUN_DIR}/{guest.REQUEST_FILE}"
+
+
+def run_request(server: Incus, name: str, command: str) -> Tuple[Any, Dict[str, Any]]:
+    """Write a guest request for `command`, run the image's runner on it; (the run, result.json)."""
+    request = {"schema_version": 2, "command": command, "timeout_secs": 60, "run_as_root": False}
+    written = server.exec(
+        name,
+        "sh",
+        "-c",
+        f"mkdir -p {guest.DEFAULT_RUN_DIR} && cat > {REQUEST_PATH}",
+        input=json.dumps(request, indent=2),
+    )
+    assert written.returncode == 0, written.stderr
+    ran = server.exec(name, guest.RUNNER_PATH, REQUEST_PATH)
+    result = orjson.loads(server.exec(name, "cat", f"{guest.DEFAULT_RUN_DIR}/result.json").stdout)
+    return ran, result
 
 
 def test_image_and_profiles_of_the_default_project_are_visible_in_the_test_project(
@@ -97,27 +113,10 @@ class TestContainer:
         container: Tuple[str, Path, Path],
     ) -> None:
         name = container[0]
-        request = {
-            "schema_version": 2,
-            "command": "id -u; echo hi; cat marker.txt",
-            "timeout_secs": 60,
-            "run_as_root": False,
-        }
-        written = incus.exec(
-            name,
-            "sh",
-            "-c",
-            f"mkdir -p {guest.DEFAULT_RUN_DIR} && cat > {REQUEST_PATH}",
-            input=json.dumps(request, indent=2),
-        )
-        assert written.returncode == 0, written.stderr
-        ran = incus.exec(name, guest.RUNNER_PATH, REQUEST_PATH)
+        ran, result = run_request(incus, name, "id -u; echo hi; cat marker.txt")
         assert ran.returncode == 0, ran.stdout + ran.stderr
         assert "\n1000\nhi\nfrom the host\n" in ran.stdout
         assert "[pikaci] test passed" in ran.stdout
-        result = orjson.loads(
-            incus.exec(name, "cat", f"{guest.DEFAULT_RUN_DIR}/result.json").stdout
-        )
         assert result["status"] == "completed"
         assert result["exit_code"] == 0
         status = orjson.loads(
@@ -132,19 +131,8 @@ class TestContainer:
         incus: Incus,  # noqa: F811
         container: Tuple[str, Path, Path],
     ) -> None:
-        name = container[0]
-        request = {
-            "schema_version": 2,
-            "command": "exit 3",
-            "timeout_secs": 60,
-            "run_as_root": False,
-        }
-        incus.exec(name, "sh", "-c", f"cat > {REQUEST_PATH}", input=json.dumps(request))
-        ran = incus.exec(name, guest.RUNNER_PATH, REQUEST_PATH)
+        ran, result = run_request(incus, container[0], "exit 3")
         assert ran.returncode == 3
-        result = orjson.loads(
-            incus.exec(name, "cat", f"{guest.DEFAULT_RUN_DIR}/result.json").stdout
-        )
         assert (result["status"], result["exit_code"]) == ("failed", 3)
 
     def test_the_read_only_snapshot_cannot_be_written(

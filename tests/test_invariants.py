@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -16,7 +15,7 @@ from typing import Callable, Dict, List, Optional
 
 import pytest
 
-from tests.conftest import REPO_ROOT, require_component
+from tests.conftest import REPO_ROOT, Project, require_component
 
 SCRIPT = REPO_ROOT / "scripts" / "check_invariants.py"
 COPIED = ("dodo.py", "pikaci", "scripts", "ci", "invariants", "pyproject.toml")
@@ -79,37 +78,20 @@ def repo(tmp_path: Path) -> Path:
     return root
 
 
-def env_for(root: Path) -> Dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIKACI_")}
-    env["PIKACI_STATE_ROOT"] = str(root.parent / "state")
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    return env
+def project_at(root: Path) -> Project:
+    """The copy as a conftest Project: its env (no PIKACI_* leaking in), doit and run."""
+    return Project(root=root, state_root=root.parent / "state")
 
 
 def doit_check(root: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "doit", "check_invariants"],
-        cwd=root,
-        env=env_for(root),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return project_at(root).doit("check_invariants")
 
 
 def script(
     root: Path, *args: str, python: str = sys.executable
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [python, str(root / "scripts" / "check_invariants.py"), *args],
-        cwd=root,
-        env=env_for(root),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    script_path = str(root / "scripts" / "check_invariants.py")
+    return project_at(root).run([python, script_path, *args], timeout=60)
 
 
 def edit(root: Path, relpath: str, old: str, new: str) -> None:
@@ -406,20 +388,16 @@ def test_doit_fails_on_a_bad_spec(repo: Path) -> None:
 
 
 def test_plain_doit_does_not_run_the_check(repo: Path) -> None:
-    probe = subprocess.run(
+    probe = project_at(repo).run(
         [
             sys.executable,
             "-c",
             "import json, runpy; "
             "print(json.dumps(runpy.run_path('dodo.py')['DOIT_CONFIG']['default_tasks']))",
         ],
-        cwd=repo,
-        env=env_for(repo),
-        capture_output=True,
-        text=True,
         timeout=60,
-        check=True,
     )
+    assert probe.returncode == 0, probe.stderr
     defaults = json.loads(probe.stdout)
     assert defaults
     assert not any(name.startswith("check_invariants") for name in defaults)
