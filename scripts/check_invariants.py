@@ -548,6 +548,16 @@ class Context:
             return [source.error]
         return []
 
+    def catalog_calls(self, name: str, problems: List[Problem]) -> List[ast.Call]:
+        """The `name(...)` calls of dodo.py, or none when `problems` already stop the check;
+        finding none at all is itself a problem, added to `problems`."""
+        if problems:
+            return []
+        calls = self.catalog.calls(name)
+        if not calls:
+            problems.append((f"no {name}(...) call in {CATALOG_RELPATH}", CATALOG_RELPATH))
+        return calls
+
 
 # -- the checks -----------------------------------------------------------------------------------
 
@@ -732,9 +742,7 @@ def explicit_execution(ctx: Context) -> Result:
     pikaci/catalog.py, a `placement`/`runtime` keyword or assignment)."""
     problems = ctx.catalog_problems() + parse_errors(ctx.library)
     catalog = ctx.catalog
-    lanes = catalog.calls("Lane") if not problems else []
-    if not problems and not lanes:
-        problems.append((f"no Lane(...) call in {CATALOG_RELPATH}", CATALOG_RELPATH))
+    lanes = ctx.catalog_calls("Lane", problems)
     for lane in lanes:
         where = catalog.source.at(lane)
         value, why = catalog.resolve_argument(lane, "execution", 2)
@@ -827,9 +835,7 @@ def staged_targets_match_manifest(ctx: Context) -> Result:
     problems = ctx.catalog_problems()
     catalog = ctx.catalog
     staged: Dict[str, List[str]] = {}
-    targets = catalog.calls("Target") if not problems else []
-    if not problems and not targets:
-        problems.append((f"no Target(...) call in {CATALOG_RELPATH}", CATALOG_RELPATH))
+    targets = ctx.catalog_calls("Target", problems)
     for target in targets:
         where = catalog.source.at(target)
         payloads, why = catalog.argument(target, "payloads", 4)
@@ -938,9 +944,7 @@ def lanes_have_timeouts(ctx: Context) -> Result:
     as a positive integer literal or a name bound to one (in dodo.py or pikaci/catalog.py)."""
     problems = ctx.catalog_problems()
     catalog = ctx.catalog
-    lanes = catalog.calls("Lane") if not problems else []
-    if not problems and not lanes:
-        problems.append((f"no Lane(...) call in {CATALOG_RELPATH}", CATALOG_RELPATH))
+    lanes = ctx.catalog_calls("Lane", problems)
     for lane in lanes:
         where = catalog.source.at(lane)
         value, why = catalog.resolve_argument(lane, "timeout_secs", 3)
