@@ -640,17 +640,17 @@ def single_path_filter_source(ctx: Context) -> Result:
     scripts/. Tests and hidden directories are not scanned."""
     root = ctx.root
     problems: List[Problem] = []
-    python = [root / CATALOG_RELPATH, *_walk(root, LIBRARY, "*.py")]
+    # dodo.py and the library as the other checks parsed them; scripts/ parsed here
+    catalog = ctx.catalog.source
+    python = [catalog] if catalog.path.is_file() else []
+    python += ctx.library
     others: List[Path] = []
     for path in _walk(root, "scripts", "*"):
         if path.suffix == ".py" or _has_python_shebang(path):
-            python.append(path)
+            python.append(Source(root, path))
         elif path.suffix != ".toml":
             others.append(path)
-    for path in python:
-        if not path.is_file():
-            continue
-        source = Source(root, path)
+    for source in python:
         if source.error is not None:
             problems.append(source.error)
             continue
