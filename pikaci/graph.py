@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -424,11 +425,9 @@ class TaskBuilder:
         if builder is None:
             return TaskError("gc_remote: no builder is configured (set PIKACI_BUILDER)")
         try:
-            result = remote_gc.collect_garbage(builder, keep_runs, keep_snapshots_days)
+            remote_gc.gc_remote_command(builder, keep_runs, keep_snapshots_days, False, sys.stdout)
         except (ValueError, *remote_gc.REMOTE_GC_ERRORS) as exc:
             return TaskError(str(exc))
-        for line in remote_gc.report_lines(result, builder):
-            print(line)
         return None
 
     def _snapshot_task(self, target: Target) -> TaskDict:
