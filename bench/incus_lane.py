@@ -34,7 +34,7 @@ from noop_rerun import (
     utc_now,
 )
 
-from pikaci.incus import PHASES
+from pikaci.incus.config import PHASES
 from pikaci.store import write_json
 
 BENCH_DIR = Path(__file__).resolve().parent

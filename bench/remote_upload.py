@@ -54,10 +54,11 @@ from noop_rerun import (
     utc_now,
 )
 
-from pikaci.remote import RemoteLayout, publish_snapshot
+from pikaci.builder.layout import RemoteLayout
+from pikaci.builder.snapshots import publish_snapshot
+from pikaci.builder.transport import Builder, Transport
 from pikaci.snapshot import SnapshotFilter, create_snapshot
 from pikaci.store import write_json
-from pikaci.transport import Builder, Transport
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:

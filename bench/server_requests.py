@@ -48,8 +48,9 @@ from urllib.parse import urlencode
 import orjson
 from noop_rerun import BenchError, machine, nproc, positive_int, source_revision, utc_now
 
-from pikaci.model import JobRecord, PrepareTiming, RunRecord, format_timestamp
+from pikaci.model import JobRecord, PrepareTiming, RunRecord
 from pikaci.store import RunWriter, StateRoot, write_json
+from pikaci.timestamps import format_timestamp
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "server_requests.json"

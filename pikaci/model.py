@@ -3,19 +3,17 @@
 Field names, their order and the status vocabularies follow the records of the system pikaci
 replaces, so existing consumers keep working. Additions go at the end of a record; nothing is
 renamed or removed. Decoding is tolerant: missing optional fields take their defaults, unknown
-fields are kept (and written back) so a newer writer's data survives an older reader.
-"""
+fields are kept (and written back) so a newer writer's data survives an older reader."""
 
 from __future__ import annotations
 
 import dataclasses
-import re
-import secrets
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
 
 import orjson
+
+from pikaci.timestamps import parse_timestamp
 
 # -- vocabularies ---------------------------------------------------------------------------
 
@@ -36,64 +34,6 @@ RESULT_SCHEMA_VERSION = 1
 
 class RecordError(ValueError):
     """A record file exists but cannot be decoded; the message names what is wrong."""
-
-
-# -- ids and timestamps ---------------------------------------------------------------------
-
-RUN_ID_PATTERN = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
-_TIMESTAMP_PATTERN = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
-    r"(?:([Zz])|([+-])(\d{2}):?(\d{2}))?$"
-)
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def format_timestamp(moment: datetime) -> str:
-    """RFC 3339, UTC, always six fractional digits: `2026-11-21T11:26:48.123456+00:00`."""
-    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
-
-
-def now_timestamp() -> str:
-    return format_timestamp(utc_now())
-
-
-def parse_timestamp(text: str) -> datetime:
-    """Parse RFC 3339 with any number of fractional digits (upstream writes nine).
-
-    `datetime.fromisoformat` before 3.11 rejects anything but 3 or 6 digits, so this parses by
-    hand. A missing offset means UTC.
-    """
-    if not isinstance(text, str):
-        raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
-    match = _TIMESTAMP_PATTERN.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
-    year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
-    micros = int((fraction or "0")[:6].ljust(6, "0"))
-    offset = timezone.utc
-    if sign is not None and not zulu:
-        delta = timedelta(hours=int(off_h), minutes=int(off_m))
-        offset = timezone(delta if sign == "+" else -delta)
-    return datetime(
-        int(year), int(month), int(day), int(hour), int(minute), int(second), micros, offset
-    )
-
-
-def duration_ms(started_at: str, finished_at: str) -> int:
-    delta = parse_timestamp(finished_at) - parse_timestamp(started_at)
-    return max(0, int(delta.total_seconds() * 1000))
-
-
-def new_run_id(moment: Optional[datetime] = None) -> str:
-    moment = (moment or utc_now()).astimezone(timezone.utc)
-    return f"{moment.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(4)}"
-
-
-def is_run_id(text: object) -> bool:
-    return isinstance(text, str) and RUN_ID_PATTERN.fullmatch(text) is not None
 
 
 # -- JSON -----------------------------------------------------------------------------------
@@ -181,7 +121,7 @@ def _encode(value: Any) -> Any:
     return value
 
 
-def _list_of(kind: type[Record]) -> Decoder:
+def list_of(kind: type[Record]) -> Decoder:
     def decode(value: Any, what: str) -> List[Any]:
         if not isinstance(value, list):
             raise RecordError(f"{what}: expected a list")
@@ -241,7 +181,7 @@ class RemoteLinuxVmExecution(Record):
 
     @classmethod
     def _field_decoders(cls) -> Dict[str, Decoder]:
-        return {"incus_image": _one_of(IncusImage), "phases": _list_of(PhaseTiming)}
+        return {"incus_image": _one_of(IncusImage), "phases": list_of(PhaseTiming)}
 
 
 @dataclass
@@ -346,9 +286,9 @@ class RunRecord(Record):
         return {
             "changed_files": _str_list,
             "filters": _str_list,
-            "prepare_timings": _list_of(PrepareTiming),
-            "jobs": _list_of(JobRecord),
-            "uploads": _list_of(UploadRecord),
+            "prepare_timings": list_of(PrepareTiming),
+            "jobs": list_of(JobRecord),
+            "uploads": list_of(UploadRecord),
         }
 
     @classmethod
@@ -412,7 +352,7 @@ class RunPlanRecord(Record):
 
     @classmethod
     def _field_decoders(cls) -> Dict[str, Decoder]:
-        return {"nodes": _list_of(PlanNode), "preconditions": _str_list}
+        return {"nodes": list_of(PlanNode), "preconditions": _str_list}
 
 
 # -- prepared outputs -----------------------------------------------------------------------
@@ -444,7 +384,7 @@ class RealizedPreparedOutputRecord(Record):
 
     @classmethod
     def _field_decoders(cls) -> Dict[str, Decoder]:
-        return {"exposures": _list_of(Exposure), "requested_exposures": _list_of(Exposure)}
+        return {"exposures": list_of(Exposure), "requested_exposures": list_of(Exposure)}
 
     @classmethod
     def _required_fields(cls) -> Tuple[str, ...]:
@@ -458,7 +398,7 @@ class PreparedOutputsRecord(Record):
 
     @classmethod
     def _field_decoders(cls) -> Dict[str, Decoder]:
-        return {"outputs": _list_of(RealizedPreparedOutputRecord)}
+        return {"outputs": list_of(RealizedPreparedOutputRecord)}
 
     def upsert(self, output: RealizedPreparedOutputRecord) -> None:
         for index, existing in enumerate(self.outputs):
@@ -491,45 +431,3 @@ class TerminalResult(Record):
     @property
     def job_status(self) -> str:
         return RUN_PASSED if self.status == RESULT_COMPLETED else RUN_FAILED
-
-
-# -- logs metadata and lifecycle events -----------------------------------------------------
-
-
-@dataclass
-class JobLogsMetadata(Record):
-    id: str = ""
-    host_log_path: str = ""
-    guest_log_path: str = ""
-    host_log_exists: bool = False
-    guest_log_exists: bool = False
-
-
-@dataclass
-class RunLogsMetadata(Record):
-    run_id: str = ""
-    status: str = RUN_RUNNING
-    jobs: List[JobLogsMetadata] = field(default_factory=list)
-
-    @classmethod
-    def _field_decoders(cls) -> Dict[str, Decoder]:
-        return {"jobs": _list_of(JobLogsMetadata)}
-
-
-def run_started_event(run: RunRecord) -> Dict[str, Any]:
-    return {
-        "event": "run_started",
-        "run_id": run.run_id,
-        "created_at": run.created_at,
-        "rerun_of": run.rerun_of,
-        "target_id": run.target_id,
-        "target_description": run.target_description,
-    }
-
-
-def job_event(kind: str, run_id: str, job: JobRecord) -> Dict[str, Any]:
-    return {"event": kind, "run_id": run_id, "job": job.to_dict()}
-
-
-def run_finished_event(run: RunRecord) -> Dict[str, Any]:
-    return {"event": "run_finished", "run": run.to_dict()}

@@ -3,12 +3,33 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
 
-from pikaci.session import ENV_OUTPUT, OUTPUT_MODES, Settings
+from pikaci.builder.config import builder_from_environment
+from pikaci.builder.transport import Builder
+from pikaci.model import RunRecord
 from pikaci.store import resolve_state_root
-from pikaci.transport import DEFAULT_REMOTE_WORK_DIR, Builder
+
+OUTPUT_MODES = ("human", "json", "jsonl")
+ENV_OUTPUT = "PIKACI_OUTPUT"
+
+
+@dataclass
+class Settings:
+    source_root: Path
+    state_root: Path
+    output: str = "human"
+    rerun: Optional[RunRecord] = None  # the run being re-executed, with its snapshot
+    dep_file: Optional[Path] = None  # defaults to the state root's doit.sqlite3
+    builder: Optional[Builder] = None  # where `remote_ssh` lanes run
+
+    def __post_init__(self) -> None:
+        if self.output not in OUTPUT_MODES:
+            raise ValueError(
+                f"invalid output mode {self.output!r} (expected one of {', '.join(OUTPUT_MODES)})"
+            )
 
 
 def settings_from_environment(
@@ -32,29 +53,4 @@ def settings_from_environment(
         state_root=state_root,
         output=mode,
         builder=builder_from_environment(env),
-    )
-
-
-ENV_BUILDER = "PIKACI_BUILDER"
-ENV_BUILDER_SSH_CONFIG = "PIKACI_BUILDER_SSH_CONFIG"
-ENV_BUILDER_WORK_DIR = "PIKACI_BUILDER_WORK_DIR"
-ENV_BUILDER_NIX_STORE = "PIKACI_BUILDER_NIX_STORE"
-DEFAULT_BUILDER = "pika-build"
-
-
-def builder_from_environment(env: Mapping[str, str]) -> Builder:
-    """The builder `remote_ssh` lanes use: an ssh host (or ssh_config alias), `-F`, work dir,
-    and the Nix store its nix commands use."""
-    config = env.get(ENV_BUILDER_SSH_CONFIG, "").strip()
-    nix_store = env.get(ENV_BUILDER_NIX_STORE, "").strip()
-    if nix_store and not nix_store.startswith("/"):
-        raise ValueError(
-            f"{ENV_BUILDER_NIX_STORE}: expected an absolute path (a chroot store) or nothing "
-            f"(the builder's default store), got {nix_store!r}"
-        )
-    return Builder(
-        host=env.get(ENV_BUILDER, "").strip() or DEFAULT_BUILDER,
-        ssh_config=Path(config) if config else None,
-        remote_work_dir=env.get(ENV_BUILDER_WORK_DIR, "").strip() or DEFAULT_REMOTE_WORK_DIR,
-        nix_store=nix_store.rstrip("/"),
     )

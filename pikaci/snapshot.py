@@ -26,13 +26,13 @@ from typing import (
 
 import orjson
 
-from pikaci.model import now_timestamp
 from pikaci.store import write_json
+from pikaci.timestamps import now_timestamp
 
 if TYPE_CHECKING:
     from hashlib import _Hash
 
-    from pikaci.gitinfo import GitState
+    from pikaci.git import GitState
 
 __all__ = [
     "FILTER_VERSION",

@@ -26,19 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, TextIO
 
+from pikaci.events import JobLogsMetadata, RunLogsMetadata
 from pikaci.ids import ID_RULE, is_safe_id
 from pikaci.model import (
-    JobLogsMetadata,
     JobRecord,
     PreparedOutputsRecord,
     RecordError,
-    RunLogsMetadata,
     RunRecord,
     dumps_pretty,
-    is_run_id,
     loads_object,
-    parse_timestamp,
 )
+from pikaci.timestamps import is_run_id, parse_timestamp
 
 ENV_STATE_ROOT = "PIKACI_STATE_ROOT"
 DEFAULT_STATE_DIR = ".pikaci"

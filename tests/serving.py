@@ -10,12 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 from wsgiref.util import setup_testing_defaults
 
-from pikaci.model import (
-    Exposure,
-    JobRecord,
-    RealizedPreparedOutputRecord,
-    RunRecord,
-)
+from pikaci.model import Exposure, JobRecord, RealizedPreparedOutputRecord, RunRecord
 from pikaci.store import RunWriter, StateRoot
 
 

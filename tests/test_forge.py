@@ -8,20 +8,17 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pikaci.forge import (
+from pikaci.forge.changes import ChangeSet, ChangeSetError, changed_paths
+from pikaci.forge.globs import compile_glob
+from pikaci.forge.manifest import (
     MANIFEST_PATH,
-    ChangeSet,
-    ChangeSetError,
     ForgeManifestError,
-    changed_paths,
-    compile_glob,
     filters_for_target,
     load_manifest,
     parse_manifest,
-    select_branch,
-    select_nightly,
     staged_command,
 )
+from pikaci.forge.selection import select_branch, select_nightly
 from tests.conftest import LaneSpec, executed_tasks, git, new_repository
 
 RUST_PATHS = (

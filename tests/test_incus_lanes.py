@@ -12,7 +12,8 @@ from typing import Dict, Iterator, List
 
 import pytest
 
-from pikaci.incus import PHASES, instance_name
+from pikaci.incus.commands import instance_name
+from pikaci.incus.config import PHASES
 from tests.conftest import LaneSpec, interrupt_when_printed
 from tests.incus import Incus, incus  # noqa: F401
 from tests.sshd import Sshd, sshd  # noqa: F401

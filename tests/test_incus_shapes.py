@@ -11,11 +11,10 @@ from typing import Any, Dict, List
 
 import pytest
 
-from pikaci import incus
-from pikaci.incus import (
+from pikaci.incus import commands as incus
+from pikaci.incus import config as incus_config
+from pikaci.incus.commands import (
     GuestMount,
-    IncusError,
-    IncusSettings,
     OwnedInstance,
     check_device_name,
     delete_argv,
@@ -23,7 +22,6 @@ from pikaci.incus import (
     exec_argv,
     image_list_argv,
     image_show_argv,
-    incus_settings_from_environment,
     init_argv,
     instance_name,
     launch_argv,
@@ -42,6 +40,7 @@ from pikaci.incus import (
     start_argv,
     write_file_argv,
 )
+from pikaci.incus.config import IncusError, IncusSettings, incus_settings_from_environment
 from pikaci.model import IncusImage, PhaseTiming, RemoteLinuxVmExecution
 
 VM = IncusSettings()
@@ -276,7 +275,7 @@ def test_every_device_name_is_short_and_plain() -> None:
     for first in samples:
         for second in samples[:: max(1, len(samples) // 25)]:
             _assert_device_name(payload_device_name(first, second))
-            for kind in incus.MOUNT_KINDS:
+            for kind in incus_config.MOUNT_KINDS:
                 _assert_device_name(snapshot_device_name(first, second, kind))
 
 
@@ -308,8 +307,8 @@ def test_owner_config() -> None:
         "user.pikaci.run-id": RUN_ID,
         "user.pikaci.created-at": CREATED,
     }
-    assert incus.OWNER_RUN_KEY == "user.pikaci.run-id"
-    assert incus.OWNER_CREATED_KEY == "user.pikaci.created-at"
+    assert incus_config.OWNER_RUN_KEY == "user.pikaci.run-id"
+    assert incus_config.OWNER_CREATED_KEY == "user.pikaci.created-at"
 
 
 def test_init_argv_vm() -> None:
@@ -418,7 +417,7 @@ def test_ready_probe_and_launch_argv() -> None:
 
 
 def test_write_file_argv() -> None:
-    assert write_file_argv(VM, INST, incus.GUEST_REQUEST_PATH) == [
+    assert write_file_argv(VM, INST, incus_config.GUEST_REQUEST_PATH) == [
         "incus", "exec", "--project", P, INST, "--", "sh", "-c",
         "set -eu; mkdir -p /run/pika-cloud; cat > /run/pika-cloud/guest-request.json",
     ]  # fmt: skip
@@ -434,7 +433,7 @@ def test_read_file_argv_and_lifecycle_files() -> None:
     assert read_file_argv(VM, INST, "/run/pika-cloud/result.json") == [
         "incus", "exec", "--project", P, INST, "--", "cat", "/run/pika-cloud/result.json",
     ]  # fmt: skip
-    assert incus.LIFECYCLE_FILES == (
+    assert incus_config.LIFECYCLE_FILES == (
         ("/run/pika-cloud/logs/guest.log", "guest.log"),
         ("/run/pika-cloud/events.jsonl", "events.jsonl"),
         ("/run/pika-cloud/status.json", "status.json"),
@@ -443,10 +442,10 @@ def test_read_file_argv_and_lifecycle_files() -> None:
 
 
 def test_contract_constants() -> None:
-    assert incus.RUNNER_PATH == "/run/current-system/sw/bin/pikaci-incus-run"
-    assert incus.GUEST_REQUEST_PATH == "/run/pika-cloud/guest-request.json"
-    assert incus.READY_PROBE == ("true",)
-    assert incus.PHASES == (
+    assert incus_config.RUNNER_PATH == "/run/current-system/sw/bin/pikaci-incus-run"
+    assert incus_config.GUEST_REQUEST_PATH == "/run/pika-cloud/guest-request.json"
+    assert incus_config.READY_PROBE == ("true",)
+    assert incus_config.PHASES == (
         "prepare_directories",
         "stage_workspace_snapshot",
         "prepare_runtime",
@@ -539,12 +538,12 @@ def test_image_identity_exact_alias_match() -> None:
 def test_image_identity_recorded_in_the_job_execution() -> None:
     identity = parse_image_identity(json.dumps([_image("f1", "pikaci/dev")]), VM)
     execution = RemoteLinuxVmExecution(
-        incus_image=identity, phases=[PhaseTiming(phase=p) for p in incus.PHASES]
+        incus_image=identity, phases=[PhaseTiming(phase=p) for p in incus_config.PHASES]
     )
     data = execution.to_dict()
-    assert data["backend"] == incus.BACKEND
+    assert data["backend"] == incus_config.BACKEND
     assert data["incus_image"]["fingerprint"] == "f1"
-    assert [item["phase"] for item in data["phases"]] == list(incus.PHASES)
+    assert [item["phase"] for item in data["phases"]] == list(incus_config.PHASES)
 
 
 @pytest.mark.parametrize(

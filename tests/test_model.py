@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict
 import orjson
 import pytest
 
+from pikaci.events import job_event, run_finished_event, run_started_event
 from pikaci.model import (
     RUN_FAILED,
     RUN_PASSED,
@@ -24,16 +25,15 @@ from pikaci.model import (
     TerminalResult,
     dumps_line,
     dumps_pretty,
+    loads_object,
+)
+from pikaci.timestamps import (
     duration_ms,
     format_timestamp,
     is_run_id,
-    job_event,
-    loads_object,
     new_run_id,
     now_timestamp,
     parse_timestamp,
-    run_finished_event,
-    run_started_event,
 )
 
 UTC = timezone.utc

@@ -1,4 +1,4 @@
-"""pikaci.nix against Debian's real nix: flake and classic builds, validity, closures, errors."""
+"""pikaci.payloads.nix against Debian's real nix: flake and classic builds, validity, closures, errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import List
 
 import pytest
 
-from pikaci import nix
+from pikaci.payloads import nix
 
 TAG = f"pikaci-nix-test-{os.getpid()}"
 

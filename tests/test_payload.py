@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List, Tuple, Union
 import orjson
 import pytest
 
-from pikaci.payload import (
+from pikaci.payloads.manifest import (
     MANIFEST_RELATIVE_PATH,
     MANIFEST_SCHEMA_VERSION,
     AssetRoot,

@@ -8,7 +8,8 @@ from typing import Any, Optional
 
 import pytest
 
-from pikaci.builder_nix import copy_uri, physical_path, store_args
+from pikaci.builder.config import builder_from_environment
+from pikaci.builder.transport import Builder
 from pikaci.catalog import (
     REALIZE_COPY,
     REALIZE_LOCAL,
@@ -21,11 +22,11 @@ from pikaci.catalog import (
     StagedPayloads,
     Target,
 )
-from pikaci.graph import TaskBuilder
-from pikaci.nodes import prepare_nodes
-from pikaci.session import RunSession
-from pikaci.settings import builder_from_environment, settings_from_environment
-from pikaci.transport import Builder
+from pikaci.payloads.builder_nix import copy_uri, physical_path, store_args
+from pikaci.plan import prepare_nodes
+from pikaci.run.session import RunSession
+from pikaci.settings import settings_from_environment
+from pikaci.tasks.lanes import LaneGraph
 
 LOCAL = Execution("local", "bubblewrap")
 REMOTE = Execution("remote_ssh", "bubblewrap")
@@ -88,7 +89,7 @@ def test_copy_adds_an_upload_node_after_the_builds() -> None:
 
 def task_names(catalog: Catalog, tmp_path: Path) -> dict:  # type: ignore[type-arg]
     settings = settings_from_environment(tmp_path, environ={})
-    tasks = TaskBuilder(catalog, RunSession(catalog, settings)).tasks()
+    tasks = LaneGraph(catalog, RunSession(catalog, settings)).tasks()
     return {f"{t['basename']}:{t['name']}": t for t in tasks if t.get("name")}
 
 

@@ -1,4 +1,4 @@
-"""`pikaci.remote` against a real sshd: snapshot publishing, leases and remote GC.
+"""`pikaci.builder` (layout, snapshots, gc) against a real sshd: snapshot publishing, leases and remote GC.
 
 The builder is this machine, so the tests look at the remote work dir directly.
 """
@@ -20,17 +20,12 @@ from typing import Iterator, List, Tuple
 import orjson
 import pytest
 
-import pikaci.remote
-from pikaci.remote import (
-    RemoteError,
-    RemoteLayout,
-    TarStream,
-    hold_snapshot,
-    publish_snapshot,
-    remote_gc,
-)
+import pikaci.builder.snapshots
+from pikaci.builder.gc import remote_gc
+from pikaci.builder.layout import RemoteError, RemoteLayout
+from pikaci.builder.snapshots import TarStream, hold_snapshot, publish_snapshot
+from pikaci.builder.transport import Builder, RemoteCommandError, Transport
 from pikaci.snapshot import SNAPSHOT_METADATA_FILE, SnapshotFilter, create_snapshot
-from pikaci.transport import Builder, RemoteCommandError, Transport
 from tests.conftest import REPO_ROOT, in_thread, wait_for
 from tests.sshd import Sshd, local_ssh_children, sshd  # noqa: F401
 
@@ -182,8 +177,9 @@ def test_a_destination_without_a_marker_is_refused(
 _PUBLISHER = """
 import json, sys, tempfile, time
 from pathlib import Path
-from pikaci.remote import RemoteLayout, publish_snapshot
-from pikaci.transport import Builder, Transport
+from pikaci.builder.layout import RemoteLayout
+from pikaci.builder.snapshots import publish_snapshot
+from pikaci.builder.transport import Builder, Transport
 args = json.loads(sys.argv[1])
 builder = Builder(host=args["host"], ssh_config=Path(args["config"]), remote_work_dir=args["work"])
 with tempfile.TemporaryDirectory(prefix="pikaci-cm-", dir="/tmp") as control:
@@ -288,7 +284,7 @@ def test_a_remote_timeout_mid_upload_leaves_no_partial_destination(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     local, tree_id = make_snapshot(tmp_path, "slow", files=40, size=65536)
-    monkeypatch.setattr(pikaci.remote, "TarStream", SlowTar)
+    monkeypatch.setattr(pikaci.builder.snapshots, "TarStream", SlowTar)
     SlowTar.slow_uploads = 1
 
     with pytest.raises(RemoteCommandError) as timed_out:
@@ -311,7 +307,7 @@ def test_a_connection_killed_mid_upload_is_retried(
 ) -> None:
     local, tree_id = make_snapshot(tmp_path, "killed", files=40, size=65536)
     dest = Path(layout.snapshot_dir(tree_id))
-    monkeypatch.setattr(pikaci.remote, "TarStream", SlowTar)
+    monkeypatch.setattr(pikaci.builder.snapshots, "TarStream", SlowTar)
     SlowTar.slow_uploads = 1
     before = transport.round_trips
     thread, outcome = in_thread(lambda: publish_snapshot(transport, layout, local, tree_id, log))
@@ -406,7 +402,7 @@ def test_gc_keeps_recent_snapshots_and_one_being_published(
     stale_temp = f"{layout.snapshot_root(recent_id)}/.tmp-1-deadbeef"
     transport.run("a killed publisher's leftovers", f"mkdir -p {stale_temp}/x")
     big, big_id = make_snapshot(tmp_path / "b", "inflight", files=40, size=65536)
-    monkeypatch.setattr(pikaci.remote, "TarStream", SlowTar)
+    monkeypatch.setattr(pikaci.builder.snapshots, "TarStream", SlowTar)
     SlowTar.slow_uploads = 1
     thread, outcome = in_thread(lambda: publish_snapshot(transport, layout, big, big_id, log))
     assert wait_for(lambda: bool(temp_dirs(layout, big_id)), 10)

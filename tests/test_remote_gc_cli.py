@@ -15,9 +15,10 @@ from typing import Dict, Iterator, List
 import orjson
 import pytest
 
-from pikaci.cli.remote_gc import human_bytes
-from pikaci.remote import RemoteLayout, hold_snapshot, publish_snapshot
-from pikaci.transport import Builder, Transport
+from pikaci.builder.gc import human_bytes
+from pikaci.builder.layout import RemoteLayout
+from pikaci.builder.snapshots import hold_snapshot, publish_snapshot
+from pikaci.builder.transport import Builder, Transport
 from tests.conftest import LaneSpec, Project, executed_tasks, require_component
 from tests.sshd import Sshd, _free_port, sshd  # noqa: F401
 from tests.test_remote import RUN_IDS, du_bytes, make_run, make_snapshot

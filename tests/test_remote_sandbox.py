@@ -11,9 +11,10 @@ from typing import Dict, List
 import orjson
 import pytest
 
-from pikaci.payload import PayloadManifest, PayloadMount
-from pikaci.remote import RemoteLayout
-from pikaci.runtimes.base import StagedOutput
+from pikaci.builder.layout import RemoteLayout
+from pikaci.builder.transport import Builder, RemoteResult
+from pikaci.payloads.manifest import PayloadManifest, PayloadMount
+from pikaci.payloads.staged import StagedOutput
 from pikaci.runtimes.guest_layout import (
     SYSTEM_DIRS_PROBE,
     SandboxError,
@@ -22,8 +23,8 @@ from pikaci.runtimes.guest_layout import (
     payload_mounts,
     probe_system_dirs,
 )
-from pikaci.runtimes.remote_sandbox import _prepare, builder_mount_sources
-from pikaci.transport import Builder, RemoteResult
+from pikaci.runtimes.mounts import builder_mount_sources
+from pikaci.runtimes.remote_sandbox import _prepare
 from tests.conftest import LaneSpec, executed_tasks, interrupt_when_printed, reused_tasks
 from tests.sshd import Sshd, sshd  # noqa: F401
 

@@ -16,10 +16,7 @@ import orjson
 import pytest
 import waitress
 
-from pikaci.model import (
-    JobRecord,
-    PreparedOutputsRecord,
-)
+from pikaci.model import JobRecord, PreparedOutputsRecord
 from pikaci.server.access import TAIL_MAX
 from pikaci.server.app import make_app
 from pikaci.server.auth import (

@@ -13,7 +13,7 @@ from typing import Any, List, Tuple
 import orjson
 import pytest
 
-from pikaci.gitinfo import GitState, git_state
+from pikaci.git import GitState, git_state
 from pikaci.snapshot import (
     SNAPSHOT_METADATA_FILE,
     SnapshotError,

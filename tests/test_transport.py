@@ -1,4 +1,4 @@
-"""`pikaci.transport` against a real sshd on 127.0.0.1 (the "remote" is this machine)."""
+"""`pikaci.builder.transport` against a real sshd on 127.0.0.1 (the "remote" is this machine)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Iterator, List, Optional, Tuple
 
 import pytest
 
-from pikaci.transport import (
+from pikaci.builder.transport import (
     Builder,
     RemoteCommandError,
     StreamInterrupted,

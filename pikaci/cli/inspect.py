@@ -1,16 +1,20 @@
 """Read-only commands over the state root: list, status, logs, prepared-outputs, gc.
 
 Output shapes follow the commands of the system pikaci replaces, so scripts that parse them keep
-working. Every function returns the process exit code and writes to the given streams.
+working. Each `*_command` returns the process exit code and writes to the given streams;
+`register` adds the subcommands, whose handlers pass them stdout and stderr.
 """
 
 from __future__ import annotations
 
+import argparse
 import shutil
+import sys
 from pathlib import Path
 from typing import BinaryIO, List, Optional, TextIO
 
 from pikaci.model import RUN_RUNNING, RecordError, dumps_pretty
+from pikaci.settings import settings_from_environment
 from pikaci.store import (
     StateRoot,
     StoreError,
@@ -49,6 +53,53 @@ _OPTIONAL_STATUS_FIELDS = (
         "prepared_output_launcher_transport_remote_work_dir",
     ),
 )
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sub.add_parser("list", help="one line per run, newest first").set_defaults(func=_list)
+    status = sub.add_parser("status", help="a run's record")
+    status.add_argument("run_id")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=_status)
+    logs = sub.add_parser("logs", help="a job's host and guest logs")
+    logs.add_argument("run_id")
+    logs.add_argument("--job")
+    logs.add_argument("--kind", choices=("host", "guest", "both"), default="both")
+    logs.add_argument("--metadata-json", action="store_true")
+    logs.set_defaults(func=_logs)
+    prepared = sub.add_parser("prepared-outputs", help="a run's prepared outputs")
+    prepared.add_argument("run_id")
+    prepared.add_argument("--json", action="store_true")
+    prepared.set_defaults(func=_prepared_outputs)
+    gc = sub.add_parser("gc", help="delete old runs and unreferenced snapshots")
+    gc.add_argument("--keep-runs", type=int, default=10)
+    gc.set_defaults(func=_gc)
+
+
+def state_root(args: argparse.Namespace) -> StateRoot:
+    """--state-root > $PIKACI_STATE_ROOT > ./.pikaci, for the commands that only read it."""
+    return StateRoot(settings_from_environment(Path.cwd(), args.state_root, "human").state_root)
+
+
+def _list(args: argparse.Namespace) -> int:
+    return list_command(state_root(args), sys.stdout, sys.stderr)
+
+
+def _status(args: argparse.Namespace) -> int:
+    return status_command(state_root(args), args.run_id, args.json, sys.stdout)
+
+
+def _logs(args: argparse.Namespace) -> int:
+    state = state_root(args)
+    return logs_command(state, args.run_id, args.job, args.kind, args.metadata_json, sys.stdout)
+
+
+def _prepared_outputs(args: argparse.Namespace) -> int:
+    return prepared_outputs_command(state_root(args), args.run_id, args.json, sys.stdout)
+
+
+def _gc(args: argparse.Namespace) -> int:
+    return gc_command(state_root(args), args.keep_runs, sys.stdout)
 
 
 def list_command(state: StateRoot, out: TextIO, err: TextIO) -> int:

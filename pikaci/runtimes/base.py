@@ -5,21 +5,20 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
+from typing import Callable, Optional, Protocol, Sequence
 
+from pikaci.builder.transport import Builder
 from pikaci.catalog import Lane, Target
 from pikaci.model import (
     RUN_FAILED,
     RUN_PASSED,
-    RealizedPreparedOutputRecord,
     RemoteLinuxVmExecution,
     TerminalResult,
     UploadRecord,
-    now_timestamp,
 )
-from pikaci.payload import PayloadManifest, parse_manifest
+from pikaci.payloads.staged import StagedOutput
 from pikaci.store import GUEST_LOG, HOST_LOG, RESULT_FILE, StateRoot, write_json
-from pikaci.transport import Builder
+from pikaci.timestamps import now_timestamp
 
 LOG_PREFIX = "[pikaci] "
 
@@ -39,56 +38,6 @@ class HostLog:
     def write_raw(self, data: bytes) -> None:
         with self._lock, open(self.path, "ab") as handle:
             handle.write(data)
-
-
-RESIDENCY_LOCAL = "local_authoritative"  # built here (and, in `copy` mode, copied over)
-RESIDENCY_BUILDER = "remote_authoritative_staged_linux"  # built on the builder, only there
-CONSUMER_LOCAL = "host_local_symlink_mounts_v1"
-CONSUMER_BUILDER = "builder_bind_mounts_v1"  # mounted from the builder's store
-
-
-@dataclass(frozen=True)
-class StagedOutput:
-    """A realized staged payload a job consumes (from its build task's saved values)."""
-
-    role: str  # deps | build
-    node_id: str
-    installable: str
-    output_name: str
-    store_path: Path
-    manifest: PayloadManifest
-    residency: str = RESIDENCY_LOCAL
-    on_builder: bool = False  # lanes read it from the builder's store
-
-    @classmethod
-    def from_values(cls, values: Mapping[str, Any]) -> StagedOutput:
-        label = f"{values['node_id']} ({values['store_path']})"
-        return cls(
-            role=str(values["role"]),
-            node_id=str(values["node_id"]),
-            installable=str(values["installable"]),
-            output_name=str(values["output_name"]),
-            store_path=Path(values["store_path"]),
-            manifest=parse_manifest(values["manifest"], label),
-            residency=str(values.get("residency") or RESIDENCY_LOCAL),
-            on_builder=bool(values.get("on_builder")),
-        )
-
-    @property
-    def label(self) -> str:
-        return f"{self.node_id} ({self.store_path})"
-
-    def to_record(self) -> RealizedPreparedOutputRecord:
-        return RealizedPreparedOutputRecord(
-            node_id=self.node_id,
-            installable=self.installable,
-            output_name=self.output_name,
-            protocol="nix_store_path_v1",
-            residency=self.residency,
-            consumer=CONSUMER_BUILDER if self.on_builder else CONSUMER_LOCAL,
-            realized_path=str(self.store_path),
-            payload=self.manifest.to_dict(),
-        )
 
 
 @dataclass

@@ -29,8 +29,9 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 from pikaci.guest import runner as guest
 from pikaci.model import RecordError, TerminalResult
-from pikaci.payload import PayloadMount
-from pikaci.runtimes.base import JobContext, Outcome, StagedOutput, write_result
+from pikaci.payloads.manifest import PayloadMount
+from pikaci.payloads.staged import StagedOutput
+from pikaci.runtimes.base import JobContext, Outcome, write_result
 from pikaci.store import read_json_object
 
 BWRAP = "bwrap"

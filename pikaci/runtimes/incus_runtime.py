@@ -18,8 +18,7 @@ shell, or the builder's over the shared SSH connection). Phases, each timed into
    sandboxes collect theirs.
 
 The instance is deleted with `--force` whatever happens: pass, failure, timeout, interrupt or
-an error of pikaci's own.
-"""
+an error of pikaci's own."""
 
 from __future__ import annotations
 
@@ -27,24 +26,15 @@ import contextlib
 import os
 import shlex
 import shutil
-import signal
-import subprocess
-import threading
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple
+from typing import Iterator, List, Sequence, Tuple
 
-from pikaci import incus
-from pikaci.model import (
-    IncusImage,
-    PhaseTiming,
-    RemoteLinuxVmExecution,
-    dumps_pretty,
-    duration_ms,
-    now_timestamp,
-)
-from pikaci.remote import RemoteLayout
+from pikaci.builder.layout import RemoteLayout
+from pikaci.builder.transport import RemoteCommandError
+from pikaci.incus import commands as incus
+from pikaci.incus import config as incus_config
+from pikaci.incus.hosts import BuilderHost, IncusHost, LocalHost, failure, quote_argv, reap
+from pikaci.model import IncusImage, PhaseTiming, RemoteLinuxVmExecution, dumps_pretty
 from pikaci.runtimes.base import JobContext, Outcome
 from pikaci.runtimes.guest_layout import (
     HOST_TIMEOUT_GRACE_SECS,
@@ -57,6 +47,7 @@ from pikaci.runtimes.guest_layout import (
     runner_outcome,
     runtime_dir,
 )
+from pikaci.runtimes.mounts import builder_mount_sources, local_mount_sources
 from pikaci.runtimes.remote_common import (
     extract_archive,
     leased_snapshot,
@@ -64,133 +55,10 @@ from pikaci.runtimes.remote_common import (
     require_builder,
     streamer,
 )
-from pikaci.runtimes.remote_sandbox import builder_mount_sources
-from pikaci.runtimes.sandbox import local_mount_sources
-from pikaci.transport import RemoteCommandError, Transport
+from pikaci.timestamps import duration_ms, now_timestamp
 
 ENV_REAP_AFTER = "PIKACI_INCUS_REAP_AFTER_SECS"
 READY_POLL_SECS = 0.2
-
-
-class IncusRuntimeError(Exception):
-    """One line: which step failed where, and the tail of what it printed."""
-
-
-@dataclass(frozen=True)
-class HostResult:
-    exit_code: int
-    stdout: bytes
-
-    @property
-    def text(self) -> str:
-        return self.stdout.decode("utf-8", "replace")
-
-
-class IncusHost(Protocol):
-    """Where the `incus` client runs."""
-
-    name: str
-
-    def script(
-        self,
-        label: str,
-        script: str,
-        *,
-        stdin: Optional[bytes] = None,
-        timeout_secs: Optional[float] = None,
-        on_line: Optional[Callable[[str], None]] = None,
-    ) -> HostResult: ...
-
-
-class LocalHost:
-    """This machine: `sh -c` in a process group of its own, killed on timeout or interrupt."""
-
-    name = "localhost"
-
-    def __init__(
-        self,
-        log: Callable[[str], None],
-        track_process: Callable[[Optional[int]], None] = lambda pgid: None,
-    ) -> None:
-        self.log = log
-        self.track_process = track_process
-
-    def script(
-        self,
-        label: str,
-        script: str,
-        *,
-        stdin: Optional[bytes] = None,
-        timeout_secs: Optional[float] = None,
-        on_line: Optional[Callable[[str], None]] = None,
-    ) -> HostResult:
-        self.log(f"{label}: {script}")
-        proc = subprocess.Popen(
-            ["sh", "-c", script],
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.track_process(proc.pid)
-        chunks: List[bytes] = []
-        reader = threading.Thread(target=_read, args=(proc, chunks, on_line), daemon=True)
-        reader.start()
-        try:
-            if stdin is not None and proc.stdin is not None:
-                with contextlib.suppress(BrokenPipeError):
-                    proc.stdin.write(stdin)
-                proc.stdin.close()
-            try:
-                code = proc.wait(timeout=timeout_secs)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc)
-                code = 124
-        except BaseException:
-            _kill_group(proc)
-            raise
-        finally:
-            reader.join(10)
-            self.track_process(None)
-        return HostResult(code, b"".join(chunks))
-
-
-def _read(
-    proc: subprocess.Popen[bytes], chunks: List[bytes], on_line: Optional[Callable[[str], None]]
-) -> None:
-    assert proc.stdout is not None
-    for line in iter(proc.stdout.readline, b""):
-        chunks.append(line)
-        if on_line is not None:
-            on_line(line.decode("utf-8", "replace").rstrip("\r\n"))
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-class BuilderHost:
-    """The builder, over the shared connection; its wrapper bounds every command there too."""
-
-    def __init__(self, transport: Transport) -> None:
-        self.transport = transport
-        self.name = transport.builder.host
-
-    def script(
-        self,
-        label: str,
-        script: str,
-        *,
-        stdin: Optional[bytes] = None,
-        timeout_secs: Optional[float] = None,
-        on_line: Optional[Callable[[str], None]] = None,
-    ) -> HostResult:
-        result = self.transport.run(
-            label, script, stdin=stdin, timeout_secs=timeout_secs, on_line=on_line, check=False
-        )
-        return HostResult(result.exit_code, result.stdout)
 
 
 class _Phases:
@@ -199,7 +67,7 @@ class _Phases:
 
     def __init__(self, ctx: JobContext) -> None:
         self.ctx = ctx
-        self.execution = RemoteLinuxVmExecution(backend=incus.BACKEND)
+        self.execution = RemoteLinuxVmExecution(backend=incus_config.BACKEND)
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -226,7 +94,9 @@ class IncusRuntime:
         self.remote = remote
 
     def execute(self, ctx: JobContext) -> Outcome:
-        settings = incus.incus_settings_from_environment(os.environ, sudo_default=self.remote)
+        settings = incus_config.incus_settings_from_environment(
+            os.environ, sudo_default=self.remote
+        )
         phases = _Phases(ctx)
         instance = incus.instance_name(ctx.run_id, ctx.lane.id)
         shutil.rmtree(runtime_dir(ctx).parent, ignore_errors=True)  # an earlier host verdict
@@ -273,69 +143,15 @@ class IncusRuntime:
 def _reap_after_secs() -> int:
     raw = os.environ.get(ENV_REAP_AFTER, "").strip()
     if not raw:
-        return incus.REAP_AFTER_SECS
+        return incus_config.REAP_AFTER_SECS
     if not raw.isdigit():
         raise ValueError(f"{ENV_REAP_AFTER}: expected a number of seconds, got {raw!r}")
     return int(raw)
 
 
-def _q(words: Sequence[str]) -> str:
-    return shlex.join(list(words))
-
-
-def _failure(host: IncusHost, what: str, result: HostResult) -> IncusRuntimeError:
-    lines = [line.strip() for line in result.text.splitlines() if line.strip()]
-    tail = lines[-1][:300] if lines else ""
-    return IncusRuntimeError(
-        f"{what} on {host.name} failed (exit {result.exit_code})" + (f": {tail}" if tail else "")
-    )
-
-
-def run_checked(host: IncusHost, label: str, argv: Sequence[str], **kwargs: Any) -> HostResult:
-    """One incus command; a non-zero exit is an IncusRuntimeError naming it."""
-    done = host.script(label, _q(argv), **kwargs)
-    if done.exit_code != 0:
-        raise _failure(host, label, done)
-    return done
-
-
-@dataclass
-class ReapReport:
-    removed: List[str] = field(default_factory=list)
-    kept: List[str] = field(default_factory=list)  # marked but younger than the bound
-    failed: List[str] = field(default_factory=list)  # marked and old, but not deleted
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"removed": self.removed, "kept": self.kept}
-
-
-def reap(
-    host: IncusHost,
-    settings: incus.IncusSettings,
-    older_than_secs: float,
-    log: Callable[[str], None],
-    keep_run_ids: Sequence[str] = (),
-) -> ReapReport:
-    """Delete marked instances older than the bound (never unmarked ones, never those of
-    `keep_run_ids`); a delete that fails is reported, not raised."""
-    listed = run_checked(host, "incus list", incus.list_instances_argv(settings))
-    owned = incus.parse_owned_instances(listed.text)
-    now = datetime.now(timezone.utc)
-    doomed = incus.reap_candidates(owned, now, older_than_secs, keep_run_ids=keep_run_ids)
-    report = ReapReport(kept=[item.name for item in owned if item.name not in doomed])
-    for name in doomed:
-        done = host.script(f"delete {name}", _q(incus.delete_argv(settings, name)))
-        if done.exit_code == 0:
-            log(f"removed instance {name} (marked, older than {older_than_secs:g}s)")
-            report.removed.append(name)
-        else:
-            report.failed.append(name)
-    return report
-
-
 def _plan_devices(
     ctx: JobContext,
-    settings: incus.IncusSettings,
+    settings: incus_config.IncusSettings,
     instance: str,
     snapshot: str,
     mounts_of: MountSources,
@@ -354,14 +170,14 @@ def _plan_devices(
 def _prepare(
     ctx: JobContext,
     host: IncusHost,
-    settings: incus.IncusSettings,
+    settings: incus_config.IncusSettings,
     instance: str,
     devices: Sequence[List[str]],
 ) -> IncusImage:
     reap(host, settings, _reap_after_secs(), ctx.host_log.note, keep_run_ids=(ctx.run_id,))
-    listed = host.script("image identity", _q(incus.image_list_argv(settings)))
+    listed = host.script("image identity", quote_argv(incus.image_list_argv(settings)))
     if listed.exit_code != 0:
-        raise _failure(host, f"incus image list {settings.image_alias}", listed)
+        raise failure(host, f"incus image list {settings.image_alias}", listed)
     image = incus.parse_image_identity(listed.text, settings)
     ctx.host_log.note(f"image {image.alias} in project {image.project}: {image.fingerprint}")
     owner = incus.owner_config(ctx.run_id, now_timestamp())
@@ -372,16 +188,16 @@ def _prepare(
     polls = max(1, int(bound / poll))
     lines = [
         "set -eu",
-        f"{_q(incus.delete_argv(settings, instance))} >/dev/null 2>&1 || true",
-        _q(incus.init_argv(settings, instance, owner)),
+        f"{quote_argv(incus.delete_argv(settings, instance))} >/dev/null 2>&1 || true",
+        quote_argv(incus.init_argv(settings, instance, owner)),
         *[
             # sources resolved on the host that mounts them, as upstream
             _device_line(argv)
             for argv in devices
         ],
-        _q(incus.start_argv(settings, instance)),
+        quote_argv(incus.start_argv(settings, instance)),
         "n=0",
-        f"until {_q(incus.ready_probe_argv(settings, instance))} >/dev/null 2>&1; do",
+        f"until {quote_argv(incus.ready_probe_argv(settings, instance))} >/dev/null 2>&1; do",
         "  n=$((n + 1))",
         f'  if [ "$n" -ge {polls} ]; then',
         '    echo "Incus instance did not become ready in time"; exit 3',
@@ -393,7 +209,7 @@ def _prepare(
     limit = 2 * bound + 300  # init, devices and start come on top of the readiness wait
     done = host.script("prepare instance", "\n".join(lines), timeout_secs=limit)
     if done.exit_code != 0:
-        raise _failure(host, f"preparing instance {instance}", done)
+        raise failure(host, f"preparing instance {instance}", done)
     return image
 
 
@@ -401,29 +217,29 @@ def _device_line(argv: List[str]) -> str:
     """The device-add command with its `source=` resolved (`readlink -f`) where it runs."""
     index = next(i for i, word in enumerate(argv) if word.startswith("source="))
     source = argv[index][len("source=") :]
-    head, tail = _q(argv[:index]), _q(argv[index + 1 :])
+    head, tail = quote_argv(argv[:index]), quote_argv(argv[index + 1 :])
     resolved = f'"source=$(readlink -f {shlex.quote(source)})"'
     return f"{head} {resolved} {tail}".rstrip()
 
 
 def _write_request(
-    ctx: JobContext, host: IncusHost, settings: incus.IncusSettings, instance: str
+    ctx: JobContext, host: IncusHost, settings: incus_config.IncusSettings, instance: str
 ) -> None:
     request = dumps_pretty(guest_request(ctx))
-    argv = incus.write_file_argv(settings, instance, incus.GUEST_REQUEST_PATH)
-    done = host.script("write guest request", _q(argv), stdin=request)
+    argv = incus.write_file_argv(settings, instance, incus_config.GUEST_REQUEST_PATH)
+    done = host.script("write guest request", quote_argv(argv), stdin=request)
     if done.exit_code != 0:
-        raise _failure(host, "writing the guest request", done)
+        raise failure(host, "writing the guest request", done)
 
 
 def _run_guest(
-    ctx: JobContext, host: IncusHost, settings: incus.IncusSettings, instance: str
+    ctx: JobContext, host: IncusHost, settings: incus_config.IncusSettings, instance: str
 ) -> Tuple[int, bool]:
     limit = ctx.lane.timeout_secs + HOST_TIMEOUT_GRACE_SECS
     started = time.monotonic()
     done = host.script(
         f"lane {ctx.lane.id}",
-        _q(incus.launch_argv(settings, instance)),
+        quote_argv(incus.launch_argv(settings, instance)),
         timeout_secs=limit,
         on_line=streamer(ctx, "[runner:stdout] "),
     )
@@ -436,20 +252,24 @@ def _run_guest(
 
 
 def _pull_run_dir(
-    ctx: JobContext, host: IncusHost, settings: incus.IncusSettings, instance: str
+    ctx: JobContext, host: IncusHost, settings: incus_config.IncusSettings, instance: str
 ) -> None:
-    argv = incus.exec_argv(settings, instance, ["tar", "-C", incus.GUEST_RUN_DIR, "-cf", "-", "."])
-    done = host.script("collect guest files", _q(argv))
+    argv = incus.exec_argv(
+        settings, instance, ["tar", "-C", incus_config.GUEST_RUN_DIR, "-cf", "-", "."]
+    )
+    done = host.script("collect guest files", quote_argv(argv))
     if done.exit_code != 0:
-        raise _failure(host, "collecting the guest's files", done)
+        raise failure(host, "collecting the guest's files", done)
     staging = runtime_dir(ctx)
     staging.mkdir(parents=True, exist_ok=True)
     extract_archive(done.stdout, staging, ctx.host_log.note)
 
 
-def _delete(ctx: JobContext, host: IncusHost, settings: incus.IncusSettings, instance: str) -> None:
+def _delete(
+    ctx: JobContext, host: IncusHost, settings: incus_config.IncusSettings, instance: str
+) -> None:
     try:
-        done = host.script(f"delete {instance}", _q(incus.delete_argv(settings, instance)))
+        done = host.script(f"delete {instance}", quote_argv(incus.delete_argv(settings, instance)))
     except (RemoteCommandError, OSError) as exc:
         ctx.host_log.note(f"deleting {instance} failed: {exc}")
         return

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import subprocess
 import threading
-import time
 from pathlib import Path
-from typing import IO, Callable, Dict, Optional, Sequence, Tuple
+from typing import IO, Dict, Optional, Sequence, Tuple
 
+from pikaci.process import KILL_GRACE_SECS, kill_process_group
 from pikaci.runtimes.base import JobContext
-
-KILL_GRACE_SECS = 5.0
 
 
 def run_streamed(
@@ -66,27 +62,3 @@ def _pump(ctx: JobContext, stream: IO[bytes], log_prefix: bytes) -> None:
             log.write(log_prefix + line)
             ctx.console(prefix + line.decode("utf-8", "replace").rstrip("\r\n"))
     stream.close()
-
-
-def kill_process_group(
-    pgid: int, grace: float = KILL_GRACE_SECS, reap: Callable[[], object] = lambda: None
-) -> None:
-    """SIGTERM the group, then SIGKILL whatever is still there after `grace` seconds.
-
-    `reap` collects our own child (the group leader) so its zombie does not keep the group
-    looking alive.
-    """
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        reap()
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)

@@ -6,16 +6,15 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import stat
 import tarfile
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-from pikaci.model import UploadRecord
-from pikaci.remote import PublishResult, RemoteLayout, hold_snapshot, publish_snapshot
+from pikaci.builder.connect import connect
+from pikaci.builder.layout import RemoteLayout
+from pikaci.builder.snapshots import PublishResult, hold_snapshot, publish_snapshot, snapshot_upload
+from pikaci.builder.transport import Builder, Transport, TransportError
 from pikaci.runtimes.base import JobContext
-from pikaci.transport import Builder, Transport, TransportError
 
 Log = Callable[[str], None]
 
@@ -26,26 +25,8 @@ def require_builder(ctx: JobContext) -> Builder:
     return ctx.builder
 
 
-def connect(builder: Builder, log: Callable[[str], None]) -> Transport:
-    """A transport over the builder's shared connection. Never closed by callers: the master
-    outlives a task (ControlPersist), so later tasks, lanes and runs reuse it, and closing it
-    would cut the sessions of other processes riding on it."""
-    return Transport(builder, control_dir(), log)
-
-
 def open_transport(ctx: JobContext, builder: Builder) -> Transport:
     return connect(builder, ctx.host_log.note)
-
-
-def control_dir() -> Path:
-    """Where ControlMaster sockets live: short (unix socket paths stop near 108 bytes), private,
-    and shared by every run of this user so one connection serves them all."""
-    path = Path(tempfile.gettempdir()) / f"pikaci-ssh-{os.getuid()}"
-    path.mkdir(mode=0o700, exist_ok=True)
-    info = path.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise TransportError(f"{path} must be a directory only you can use (mode 700)")
-    return path
 
 
 def publish_lane_snapshot(
@@ -76,22 +57,6 @@ def leased_snapshot(ctx: JobContext, transport: Transport, layout: RemoteLayout)
     with lease as snapshot:
         publish_lane_snapshot(ctx, transport, layout)
         yield snapshot
-
-
-def snapshot_upload(
-    host: str, tree_id: str, node_id: str, published: PublishResult
-) -> UploadRecord:
-    """The run record's account of one snapshot publish (or of finding it already there)."""
-    return UploadRecord(
-        kind="snapshot",
-        builder=host,
-        subject=tree_id,
-        node_id=node_id,
-        paths=1 if published.uploaded else 0,
-        bytes=published.bytes_sent,
-        seconds=round(published.seconds, 3),
-        skipped=not published.uploaded,
-    )
 
 
 def streamer(ctx: JobContext, log_prefix: str = "") -> Callable[[str], None]:

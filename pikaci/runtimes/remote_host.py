@@ -15,8 +15,8 @@ import shlex
 import time
 from typing import Dict
 
+from pikaci.builder.layout import RemoteLayout
 from pikaci.model import RUN_PASSED, RecordError, TerminalResult
-from pikaci.remote import RemoteLayout
 from pikaci.runtimes.base import JobContext, Outcome, write_result
 from pikaci.runtimes.remote_common import (
     extract_archive,

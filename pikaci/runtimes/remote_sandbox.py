@@ -22,20 +22,18 @@ transport's watchdog, so a lost connection leaves nothing running on the builder
 from __future__ import annotations
 
 import io
-import posixpath
 import secrets
 import shlex
 import shutil
 import tarfile
 import time
-from typing import Callable, List, Tuple
+from typing import List, Tuple
 
-from pikaci.builder_nix import physical_path
+from pikaci.builder.layout import RemoteLayout
+from pikaci.builder.transport import Transport
 from pikaci.guest import runner as guest
 from pikaci.model import TerminalResult, dumps_pretty, loads_object
-from pikaci.payload import PayloadMount
-from pikaci.remote import RemoteLayout
-from pikaci.runtimes.base import JobContext, Outcome, StagedOutput
+from pikaci.runtimes.base import JobContext, Outcome
 from pikaci.runtimes.guest_layout import (
     HOST_BINS,
     HOST_TIMEOUT_GRACE_SECS,
@@ -55,6 +53,7 @@ from pikaci.runtimes.guest_layout import (
     runner_source,
     runtime_dir,
 )
+from pikaci.runtimes.mounts import builder_mount_sources
 from pikaci.runtimes.remote_common import (
     extract_archive,
     leased_snapshot,
@@ -62,7 +61,6 @@ from pikaci.runtimes.remote_common import (
     require_builder,
     streamer,
 )
-from pikaci.transport import Builder, Transport
 
 RUN_DIR_NAME = "pika-cloud"
 NO_BWRAP = 97  # the prepare script's exit code when the builder lacks bwrap
@@ -126,26 +124,6 @@ class RemoteSandboxRuntime:
             raise
         # the pulled copy goes through the same safe collection as the local sandbox's run dir
         return collect_runtime_dir(ctx, outcome)
-
-
-def builder_mount_sources(
-    builder: Builder,
-) -> Callable[[StagedOutput], List[Tuple[PayloadMount, str]]]:
-    """Each mount's source in the builder's store (the build step checked it exists there)."""
-
-    def sources(output: StagedOutput) -> List[Tuple[PayloadMount, str]]:
-        root = physical_path(builder, str(output.store_path))
-        return [
-            (
-                mount,
-                root
-                if mount.relative_path in ("", ".")
-                else posixpath.normpath(f"{root}/{mount.relative_path}"),
-            )
-            for mount in output.manifest.mounts
-        ]
-
-    return sources
 
 
 def _q(text: str) -> str:

@@ -12,11 +12,9 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import List, Tuple
 
 from pikaci.guest import runner as guest
-from pikaci.payload import ManifestError, PayloadMount, mount_sources
-from pikaci.runtimes.base import JobContext, Outcome, StagedOutput
+from pikaci.runtimes.base import JobContext, Outcome
 from pikaci.runtimes.guest_layout import (
     BWRAP,
     HOST_BINS,
@@ -35,6 +33,7 @@ from pikaci.runtimes.guest_layout import (
     runner_source,
     runtime_dir,
 )
+from pikaci.runtimes.mounts import local_mount_sources
 from pikaci.runtimes.process import run_streamed
 from pikaci.store import file_lock, write_json
 
@@ -72,15 +71,6 @@ class BubblewrapRuntime:
 
     def collect(self, ctx: JobContext, outcome: Outcome) -> Outcome:
         return collect_runtime_dir(ctx, outcome)
-
-
-def local_mount_sources(output: StagedOutput) -> List[Tuple[PayloadMount, str]]:
-    """Each mount's source resolved inside the output's store path on this machine."""
-    try:
-        sources = mount_sources(output.store_path, output.manifest, output.label)
-    except ManifestError as exc:
-        raise SandboxError(str(exc)) from None
-    return [(item.mount, str(item.source)) for item in sources]
 
 
 def prepare_system_profile(root: Path) -> Path:

@@ -27,8 +27,6 @@ from pikaci.model import (
     PreparedOutputsRecord,
     RecordError,
     RunRecord,
-    is_run_id,
-    parse_timestamp,
 )
 from pikaci.store import (
     RUN_FILE,
@@ -38,6 +36,7 @@ from pikaci.store import (
     read_json_object,
     run_is_active,
 )
+from pikaci.timestamps import is_run_id, parse_timestamp
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 200

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,10 +13,28 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, TextI
 
 import waitress
 
+from pikaci.options import Option
 from pikaci.server.app import make_app
 from pikaci.server.auth import AuthConfigError, TokenSet, tokens_from_environment
 from pikaci.store import StateRoot
 
+HOST = Option("host", "host", str, "127.0.0.1", "address to bind (default 127.0.0.1)")
+PORT = Option(
+    "port",
+    "port",
+    int,
+    8080,
+    "port (0 picks a free one)",
+    expects="a port number from 0 to 65535",
+    valid=lambda port: 0 <= port <= 65535,
+)
+NO_AUTH = Option(
+    "no_auth",
+    "no-auth",
+    bool,
+    False,
+    "serve without tokens (refused unless --host is a loopback address)",
+)
 SLUG_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[Dict[str, Any], StartResponse], Iterable[bytes]]
@@ -153,52 +169,3 @@ def serve(
     out.write("pikaci serve: stopped\n")
     out.flush()
     return 0
-
-
-SERVE_TASK = "serve"
-
-
-def serve_task(source_root: Path, state: StateRoot) -> Dict[str, Any]:
-    """`doit serve [--host H] [--port P] [--no-auth]`: this checkout's runs, until Ctrl-C."""
-
-    def action(host: str, port: int, no_auth: bool) -> Optional[str]:
-        from doit.exceptions import TaskError
-
-        try:
-            repos, tokens = resolve_config(host, no_auth, [], source_root, state, os.environ)
-        except ServeError as exc:
-            return TaskError(f"serve: {exc}")  # type: ignore[no-any-return]
-        serve(repos, tokens, host, port, sys.stderr)
-        return None
-
-    return {
-        "basename": SERVE_TASK,
-        "doc": "serve this checkout's runs (web pages and JSON API) until Ctrl-C; "
-        "--host, --port, --no-auth",
-        "params": [
-            {
-                "name": "host",
-                "long": "host",
-                "type": str,
-                "default": "127.0.0.1",
-                "help": "address to bind (default 127.0.0.1)",
-            },
-            {
-                "name": "port",
-                "long": "port",
-                "type": int,
-                "default": 8080,
-                "help": "port (0 picks a free one)",
-            },
-            {
-                "name": "no_auth",
-                "long": "no-auth",
-                "type": bool,
-                "default": False,
-                "help": "serve without tokens (loopback only)",
-            },
-        ],
-        "actions": [action],
-        "uptodate": [False],
-        "verbosity": 2,
-    }

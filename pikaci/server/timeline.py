@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import List, Optional, Tuple
 
-from pikaci.model import RUN_RUNNING, RunRecord, parse_timestamp, utc_now
+from pikaci.model import RUN_RUNNING, RunRecord
+from pikaci.timestamps import parse_timestamp, utc_now
 
 KIND_PREPARE = "prepare"
 KIND_EXECUTE = "execute"

@@ -12,66 +12,41 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
-import orjson
 from doit.exceptions import TaskError, TaskFailed
 
 from pikaci.catalog import Catalog
-from pikaci.forge import (
+from pikaci.forge.changes import ChangeSetError
+from pikaci.forge.manifest import (
     BRANCH,
     MANIFEST_PATH,
     NIGHTLY,
-    ChangeSet,
-    ChangeSetError,
     ForgeLane,
-    ForgeManifest,
     ForgeManifestError,
-    Selection,
-    changed_paths,
-    load_manifest,
-    plan_dict,
-    select_branch,
-    select_nightly,
 )
-from pikaci.runtimes.process import kill_process_group
-from pikaci.session import Settings
+from pikaci.forge.selection import BASE, NIGHTLY_SWITCH, WORKTREE, compute_plan
+from pikaci.options import JSON
+from pikaci.process import kill_process_group
+from pikaci.settings import Settings
 
 CI_BASENAME = "ci"
 COMMAND_TIMEOUT_SECS = 3 * 3600
 TaskDict = Dict[str, Any]
-
-_BASE_PARAM = {
-    "name": "base",
-    "long": "base",
-    "type": str,
-    "default": "",
-    "help": "compare HEAD with its merge base with this ref (empty: no base; a clean tree "
-    "then selects every branch lane)",
-}
-_WORKTREE_PARAM = {
-    "name": "worktree",
-    "long": "worktree",
-    "type": bool,
-    "default": False,
-    "help": "also count uncommitted and untracked changes",
-}
 
 
 def is_ci_task(name: str) -> bool:
     return name == CI_BASENAME or name.startswith(f"{CI_BASENAME}:")
 
 
-def manifest_file(source_root: Path) -> Path:
-    return source_root / MANIFEST_PATH
-
-
-def forge_tasks(catalog: Catalog, settings: Settings) -> Iterator[TaskDict]:
+def forge_tasks(
+    catalog: Catalog, settings: Settings, run_targets: Callable[[Sequence[str]], int]
+) -> Iterator[TaskDict]:
     """The `ci:*` tasks, when the source root has a manifest (read when a task runs, so a
     broken manifest fails those tasks and leaves every other one alone)."""
-    if not manifest_file(settings.source_root).is_file():
+    if not (settings.source_root / MANIFEST_PATH).is_file():
         return
-    runner = _ForgeRunner(catalog, settings)
+    runner = _ForgeRunner(catalog, settings, run_targets)
     yield {
         "basename": CI_BASENAME,
         "name": None,
@@ -81,7 +56,7 @@ def forge_tasks(catalog: Catalog, settings: Settings) -> Iterator[TaskDict]:
         "basename": CI_BASENAME,
         "name": BRANCH,
         "doc": "run the branch lanes the changes since --base select (see ci:plan)",
-        "params": [_BASE_PARAM, _WORKTREE_PARAM],
+        "params": [BASE.param(), WORKTREE.param()],
         "actions": [runner.branch],
         "uptodate": [False],
         "verbosity": 2,
@@ -98,45 +73,20 @@ def forge_tasks(catalog: Catalog, settings: Settings) -> Iterator[TaskDict]:
         "basename": CI_BASENAME,
         "name": "plan",
         "doc": "print which lanes ci:branch (or --nightly) would run and why; --json",
-        "params": [
-            _BASE_PARAM,
-            _WORKTREE_PARAM,
-            {"name": "nightly", "long": "nightly", "type": bool, "default": False},
-            {"name": "json", "long": "json", "type": bool, "default": False},
-        ],
+        "params": [BASE.param(), WORKTREE.param(), NIGHTLY_SWITCH.param(), JSON.param()],
         "actions": [runner.plan],
         "uptodate": [False],
         "verbosity": 2,
     }
 
 
-def compute_plan(
-    source_root: Path, kind: str, base: Optional[str], worktree: bool
-) -> Dict[str, Any]:
-    """Manifest, change set and selections; raises ForgeManifestError or ChangeSetError."""
-    manifest = load_manifest(manifest_file(source_root), MANIFEST_PATH)
-    changes: Optional[ChangeSet] = None
-    if kind == NIGHTLY:
-        selections = select_nightly(manifest)
-    else:
-        changes = changed_paths(source_root, base or None, worktree)
-        selections = select_branch(manifest, changes)
-    return {"manifest": manifest, "changes": changes, "selections": selections}
-
-
-def render_plan(plan: Dict[str, Any], kind: str, as_json: bool) -> str:
-    manifest: ForgeManifest = plan["manifest"]
-    selections: List[Selection] = plan["selections"]
-    if as_json:
-        data = plan_dict(manifest, kind, plan["changes"], selections)
-        return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n"
-    return "".join(selection.line() + "\n" for selection in selections)
-
-
 class _ForgeRunner:
-    def __init__(self, catalog: Catalog, settings: Settings) -> None:
+    def __init__(
+        self, catalog: Catalog, settings: Settings, run_targets: Callable[[Sequence[str]], int]
+    ) -> None:
         self.catalog = catalog
         self.settings = settings
+        self.run_targets = run_targets
 
     @property
     def root(self) -> Path:
@@ -148,7 +98,7 @@ class _ForgeRunner:
             plan = compute_plan(self.root, kind, base, worktree)
         except (ForgeManifestError, ChangeSetError) as exc:
             return TaskError(f"ci:plan: {exc}")
-        print(render_plan(plan, kind, json), end="")
+        print(plan.render(json), end="")
         return None
 
     def branch(self, base: str, worktree: bool) -> Any:
@@ -163,18 +113,18 @@ class _ForgeRunner:
             plan = compute_plan(self.root, kind, base, worktree)
         except (ForgeManifestError, ChangeSetError) as exc:
             return TaskError(f"{task}: {exc}")
-        changes: Optional[ChangeSet] = plan["changes"]
+        changes = plan.changes
         if changes is not None:
             print(f"[ci] changes: {changes.source} ({len(changes.paths)} path(s))")
-        print(render_plan(plan, kind, False), end="", flush=True)
-        lanes = [s.lane for s in plan["selections"] if s.selected]
+        print(plan.render(False), end="", flush=True)
+        lanes = plan.selected
         problem = self._unknown_target(lanes)
         if problem is not None:
             return TaskError(f"{task}: {problem}")
         failures: List[str] = []
         targets = [lane.staged_linux_target for lane in lanes if lane.staged_linux_target]
         if targets:
-            code = self._run_targets(targets)
+            code = self.run_targets(targets)
             if code != 0:
                 failures.append(f"target(s) {', '.join(targets)} failed (doit exit {code})")
         for lane in lanes:
@@ -184,7 +134,7 @@ class _ForgeRunner:
                     failures.append(failure)
         if failures:
             return TaskFailed(f"{task}: " + "; ".join(failures))
-        skipped = len(plan["selections"]) - len(lanes)
+        skipped = len(plan.selections) - len(lanes)
         print(f"[ci] {task}: {len(lanes)} lane(s) passed, {skipped} skipped")
         return None
 
@@ -197,20 +147,6 @@ class _ForgeRunner:
                     f"`{target}` is not a target of the catalog"
                 )
         return None
-
-    def _run_targets(self, targets: Sequence[str]) -> int:
-        """`doit run target:<id>...` through the catalog's own loader; doit's exit code."""
-        from doit.doit_cmd import DoitMain
-
-        from pikaci.graph import CatalogLoader
-
-        loader = CatalogLoader(self.catalog, self.settings)
-        names = [f"target:{target}" for target in targets]
-        try:
-            code: int = DoitMain(loader).run(["run", "--continue", *names])
-        finally:
-            loader.session.finish()  # no-op when its reporter closed the run
-        return code
 
     def _run_command(self, lane: ForgeLane) -> Optional[str]:
         """Run a command lane in the source root (its own process group); a failure or None."""
@@ -235,6 +171,3 @@ class _ForgeRunner:
             return f"lane {lane.id}: exited with {code}"
         print(f"[ci] lane {lane.id}: passed", flush=True)
         return None
-
-
-__all__ = ["CI_BASENAME", "compute_plan", "forge_tasks", "is_ci_task", "render_plan"]

@@ -7,7 +7,7 @@ BatchMode, ConnectTimeout and `-F <ssh_config>` apply to every invocation. `roun
 the network round trips: each command attempt and each master start (`-O check/exit` are local).
 
 Commands. Every command is logged as `<label>: [<host>] <script>` before it runs. The script runs
-under `sh -c` inside a constant POSIX-sh wrapper (`_WRAPPER`), its stdout and stderr merged and
+under `sh -c` inside a constant POSIX-sh wrapper (`WRAPPER`), its stdout and stderr merged and
 streamed back line by line. The wrapper prints `<EXIT_MARKER><code>` on the ssh stderr channel,
 which nothing else writes to. That marker tells the two failure classes apart:
 
@@ -55,14 +55,38 @@ import fcntl
 import hashlib
 import os
 import shlex
-import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, BinaryIO, Callable, Iterator, List, Optional, Protocol, Union
+from typing import Callable, Iterator, List, Optional
 
+from pikaci.builder.protocol import (
+    EXIT_MARKER,
+    READER_JOIN_SECS,
+    WRAPPER,
+    Attempt,
+    ByteSource,
+    ConnectionLost,
+    Payload,
+    RemoteCommandError,
+    RemoteResult,
+    Stdin,
+    StreamInterrupted,
+    TransportError,
+    check_control_dir,
+    classify,
+    feed,
+    last_line,
+    local_deadline,
+    read_diagnostics,
+    read_lines,
+    result,
+    wait,
+)
+
+# the protocol's outcomes, importable from here as they always were
 __all__ = [
     "EXIT_MARKER",
     "Builder",
@@ -76,85 +100,6 @@ __all__ = [
 
 DEFAULT_REMOTE_WORK_DIR = "/var/tmp/pikaci-prepared-output"
 CONTROL_PERSIST_SECS = 60
-SSH_FAILED = 255
-EXIT_MARKER = "__pikaci_remote_exit_status__="
-KILL_GRACE_SECS = 5
-CHUNK = 1 << 20
-TAIL_LINES = 20
-# sun_path holds 108 bytes; ssh binds `<path>.<16 random chars>` before renaming it into place
-_MAX_SOCKET_PATH = 107 - 17
-_HASH_LEN = 40  # %C is a SHA-1 in hex
-# headroom over the remote timeout before the local side gives up on a silent connection
-_LOCAL_SLACK_SECS = 15.0
-_READER_JOIN_SECS = 10.0
-
-_WRAPPER = f"""\
-set -u
-exec 3<&0 </dev/null
-dir=$(mktemp -d "${{TMPDIR:-/tmp}}/pikaci-run.XXXXXX")
-trap 'rm -rf "$dir"' EXIT
-mkfifo "$dir/in" "$dir/out"
-pid=
-lost=0
-decode() {{
-  while IFS= read -r n; do
-    case $n in
-      0) return 0 ;;
-      ''|*[!0-9]*) return 1 ;;
-    esac
-    head -c "$n" || return 1
-  done
-  return 1
-}}
-sweep() {{
-  kill -TERM -"$pid" 2>/dev/null || return 0
-  n=0
-  while [ "$n" -lt {KILL_GRACE_SECS * 10} ] && kill -0 -"$pid" 2>/dev/null; do
-    sleep 0.1
-    n=$((n + 1))
-  done
-  kill -KILL -"$pid" 2>/dev/null
-}}
-finish() {{
-  trap '' HUP TERM
-  kill -TERM 0 2>/dev/null
-  exit "$1"
-}}
-stop() {{
-  lost=1
-  [ -n "$pid" ] || return 0
-  kill -TERM -"$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
-  wait "$pid"
-  sweep
-  finish 129
-}}
-trap stop HUP
-set -- timeout -s TERM -k {KILL_GRACE_SECS} "${{1:-0}}" sh -c "$2"
-{{
-  if decode; then
-    exec >/dev/null
-    cat >/dev/null
-    kill -HUP $$
-  else
-    kill -HUP $$
-    exec sleep 86400
-  fi
-}} <&3 3<&- 2>/dev/null | {{ cat || cat >/dev/null; }} >"$dir/in" 2>/dev/null &
-{{ cat || cat >/dev/null; }} <"$dir/out" 3<&- 2>/dev/null &
-relay=$!
-setsid "$@" <"$dir/in" >"$dir/out" 2>&1 3<&- &
-pid=$!
-exec 3<&-
-trap '' PIPE
-[ "$lost" = 0 ] || stop
-wait "$pid"
-rc=$?
-trap '' HUP
-sweep
-wait "$relay"
-printf '%s%d\\n' '{EXIT_MARKER}' "$rc" >&2
-finish "$rc"
-"""
 
 
 @dataclass(frozen=True)
@@ -167,100 +112,6 @@ class Builder:
     # the Nix store the builder's nix commands use: "" = its default store; an absolute path
     # is a chroot store whose files live under `<path>/nix/store`
     nix_store: str = ""
-
-
-class TransportError(Exception):
-    """The builder could not be reached (after retries); the message is one line."""
-
-
-class StreamInterrupted(TransportError):
-    """The connection was lost after part of a stdin stream was sent; restart the stream."""
-
-
-class RemoteCommandError(Exception):
-    """The remote command ran and exited non-zero."""
-
-    def __init__(
-        self, label: str, exit_code: int, output_tail: str, timed_out: bool = False
-    ) -> None:
-        self.label = label
-        self.exit_code = exit_code
-        self.output_tail = output_tail
-        self.timed_out = timed_out
-        what = "timed out on the builder" if timed_out else "remote command failed"
-        last = _last_line(output_tail)
-        super().__init__(f"{label}: {what} (exit code {exit_code})" + (f": {last}" if last else ""))
-
-
-@dataclass(frozen=True)
-class RemoteResult:
-    exit_code: int
-    stdout: bytes
-    stdin_bytes: int = 0
-
-    @property
-    def text(self) -> str:
-        return self.stdout.decode("utf-8", "replace")
-
-
-class ByteSource(Protocol):
-    """What `run` accepts as a stdin stream: anything with `read` (a BinaryIO, a pipe)."""
-
-    def read(self, size: int = ..., /) -> bytes: ...
-
-
-Stdin = Union[bytes, BinaryIO, ByteSource]
-
-
-class _ConnectionLost(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class _Payload:
-    """stdin as frames; replayable unless a stream was already (partly) read."""
-
-    def __init__(self, data: Optional[Stdin]) -> None:
-        self.data = data
-        self.touched = False
-
-    def replayable(self) -> bool:
-        return self.data is None or isinstance(self.data, bytes) or not self.touched
-
-    def chunks(self) -> Iterator[bytes]:
-        if self.data is None:
-            return
-        if isinstance(self.data, bytes):
-            for start in range(0, len(self.data), CHUNK):
-                yield self.data[start : start + CHUNK]
-            return
-        read = getattr(self.data, "read1", self.data.read)
-        while True:
-            self.touched = True
-            # full frames: every frame costs the builder a `head` process
-            chunk = bytearray()
-            while len(chunk) < CHUNK:
-                data = read(CHUNK - len(chunk))
-                if not data:
-                    break
-                chunk += data
-            if not chunk:
-                return
-            yield bytes(chunk)
-            if len(chunk) < CHUNK:
-                return
-
-
-@dataclass
-class _Attempt:
-    ssh_code: Optional[int] = None
-    exit_code: Optional[int] = None
-    stdout: List[bytes] = field(default_factory=list)
-    diagnostics: List[str] = field(default_factory=list)
-    sent: int = 0
-    feed_error: Optional[BaseException] = None
-    callback_error: Optional[BaseException] = None
 
 
 class Transport:
@@ -276,7 +127,7 @@ class Transport:
     ) -> None:
         if retries < 0:
             raise ValueError("retries must be zero or positive")
-        _check_control_dir(control_dir)
+        check_control_dir(control_dir)
         self.builder = builder
         self.control_dir = control_dir
         self.log = log
@@ -311,7 +162,7 @@ class Transport:
         note = f" [remote timeout {timeout_secs:g}s]" if timeout_secs is not None else ""
         self.log(f"{label}: [{self.builder.host}] {script}{note}")
         argv = self._command_argv(script, timeout_secs)
-        payload = _Payload(stdin)
+        payload = Payload(stdin)
         reason = ""
         attempts = self.retries + 1
         for attempt in range(attempts):
@@ -320,7 +171,7 @@ class Transport:
             try:
                 self._ensure_master()
                 outcome = self._attempt(label, argv, payload, timeout_secs, on_line)
-            except _ConnectionLost as lost:
+            except ConnectionLost as lost:
                 reason = lost.reason
                 with self._master:
                     self._master_up = False
@@ -329,7 +180,7 @@ class Transport:
                         f"{label}: connection to {self.builder.host} lost mid-stream: {reason}"
                     ) from None
                 continue
-            return _result(label, outcome, timeout_secs, check)
+            return result(label, outcome, timeout_secs, check)
         raise TransportError(
             f"{label}: connection to {self.builder.host} failed "
             f"after {attempts} attempt(s): {reason}"
@@ -370,7 +221,7 @@ class Transport:
     def _command_argv(self, script: str, timeout_secs: Optional[float]) -> List[str]:
         limit = "" if timeout_secs is None else f"{timeout_secs:.3f}"
         # the login shell runs this line; setsid gives the wrapper a process group of its own
-        words = [_WRAPPER, "pikaci", limit, script]
+        words = [WRAPPER, "pikaci", limit, script]
         remote = "exec setsid -w sh -c " + " ".join(shlex.quote(word) for word in words)
         persist = f"ControlPersist={CONTROL_PERSIST_SECS}"
         options = ["-o", "ControlMaster=auto", "-o", persist, "-T", self.builder.host]
@@ -431,49 +282,47 @@ class Transport:
                 check=False,
             )
         except subprocess.TimeoutExpired:
-            raise _ConnectionLost("no answer while connecting") from None
+            raise ConnectionLost("no answer while connecting") from None
         if done.returncode != 0:
-            message = _last_line(done.stderr.decode("utf-8", "replace"))
-            raise _ConnectionLost(message or f"ssh exited with {done.returncode}")
+            message = last_line(done.stderr.decode("utf-8", "replace"))
+            raise ConnectionLost(message or f"ssh exited with {done.returncode}")
         self._master_up = True
 
     def _attempt(
         self,
         label: str,
         argv: List[str],
-        payload: _Payload,
+        payload: Payload,
         timeout_secs: Optional[float],
         on_line: Optional[Callable[[str], None]],
-    ) -> _Attempt:
+    ) -> Attempt:
         self._count()
-        outcome = _Attempt()
+        outcome = Attempt()
         proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
         )
         finished = threading.Event()
         threads = [
-            threading.Thread(target=_read_lines, args=(proc, outcome, on_line), daemon=True),
-            threading.Thread(target=_read_diagnostics, args=(proc, outcome, finished), daemon=True),
+            threading.Thread(target=read_lines, args=(proc, outcome, on_line), daemon=True),
+            threading.Thread(target=read_diagnostics, args=(proc, outcome, finished), daemon=True),
         ]
-        feeder = threading.Thread(
-            target=_feed, args=(proc, payload, outcome, finished), daemon=True
-        )
+        feeder = threading.Thread(target=feed, args=(proc, payload, outcome, finished), daemon=True)
         for thread in [*threads, feeder]:
             thread.start()
         try:
-            outcome.ssh_code = _wait(proc, timeout_secs)
+            outcome.ssh_code = wait(proc, timeout_secs)
         except subprocess.TimeoutExpired:
             raise TransportError(
                 f"{label}: no answer from {self.builder.host} within "
-                f"{_local_deadline(timeout_secs):g}s; ssh stopped"
+                f"{local_deadline(timeout_secs):g}s; ssh stopped"
             ) from None
         finally:
             finished.set()
             for thread in threads:
-                thread.join(_READER_JOIN_SECS)
+                thread.join(READER_JOIN_SECS)
             # a feeder stuck in a slow source must not hold us; it ends with the source
             feeder.join(0.5)
-        return _classify(label, outcome)
+        return classify(label, outcome)
 
     def _back_off(self, label: str, attempt: int, reason: str) -> None:
         delay = self.backoff_secs * (2 ** (attempt - 1))
@@ -486,157 +335,3 @@ class Transport:
     def _count(self) -> None:
         with self._counter:
             self.round_trips += 1
-
-
-# -- helpers (module level: they run on the I/O threads) ------------------------------------
-
-
-def _check_control_dir(control_dir: Path) -> None:
-    longest = len(str(control_dir)) + 1 + _HASH_LEN
-    if longest > _MAX_SOCKET_PATH:
-        raise ValueError(
-            f"control_dir {control_dir} is too long for a unix socket path "
-            f"({longest} > {_MAX_SOCKET_PATH} bytes); use a short directory such as /tmp/pikaci-ssh"
-        )
-    control_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-
-
-def _local_deadline(timeout_secs: Optional[float]) -> Optional[float]:
-    if timeout_secs is None:
-        return None
-    return timeout_secs + KILL_GRACE_SECS + _LOCAL_SLACK_SECS
-
-
-def _wait(proc: subprocess.Popen[bytes], timeout_secs: Optional[float]) -> int:
-    """ssh's exit code; stops ssh (and so the remote side) past the local deadline."""
-    try:
-        return proc.wait(timeout=_local_deadline(timeout_secs))
-    except subprocess.TimeoutExpired:
-        proc.terminate()
-        try:
-            proc.wait(timeout=KILL_GRACE_SECS)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        raise
-    except BaseException:
-        # interrupted (KeyboardInterrupt): the watchdog cleans up once ssh is gone
-        proc.kill()
-        proc.wait()
-        raise
-
-
-def _feed(
-    proc: subprocess.Popen[bytes],
-    payload: _Payload,
-    outcome: _Attempt,
-    finished: threading.Event,
-) -> None:
-    """Send the framed payload, then hold stdin open until the exit marker (the watchdog's line).
-
-    A failing source closes stdin without the terminator: the builder then kills the command.
-    """
-    pipe = proc.stdin
-    assert pipe is not None
-    chunks = payload.chunks()
-    try:
-        while not finished.is_set():
-            try:
-                chunk = next(chunks, None)
-            except BaseException as exc:
-                outcome.feed_error = exc
-                return
-            if chunk is None:
-                _write_all(pipe, b"0\n")
-                finished.wait()
-                return
-            _write_all(pipe, b"%d\n" % len(chunk))
-            _write_all(pipe, chunk)
-            outcome.sent += len(chunk)
-    except (OSError, ValueError):
-        return  # ssh is gone: the outcome comes from its exit status
-    finally:
-        with contextlib.suppress(OSError):
-            pipe.close()
-
-
-def _write_all(pipe: IO[bytes], data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = pipe.write(view)
-        view = view[written or 0 :]
-
-
-def _read_lines(
-    proc: subprocess.Popen[bytes], outcome: _Attempt, on_line: Optional[Callable[[str], None]]
-) -> None:
-    stream = proc.stdout
-    assert stream is not None
-    for line in iter(stream.readline, b""):
-        outcome.stdout.append(line)
-        if on_line is None or outcome.callback_error is not None:
-            continue
-        try:
-            on_line(line.decode("utf-8", "replace").rstrip("\r\n"))
-        except BaseException as exc:
-            # keep draining: a stalled pipe would stall the remote command
-            outcome.callback_error = exc
-    stream.close()
-
-
-def _read_diagnostics(
-    proc: subprocess.Popen[bytes], outcome: _Attempt, finished: threading.Event
-) -> None:
-    stream = proc.stderr
-    assert stream is not None
-    for raw in iter(stream.readline, b""):
-        line = raw.decode("utf-8", "replace").rstrip("\r\n")
-        code = line[len(EXIT_MARKER) :] if line.startswith(EXIT_MARKER) else ""
-        if code.isdigit():
-            outcome.exit_code = int(code)
-            finished.set()  # the feeder closes stdin: the builder's decoder may end now
-        elif line.strip():
-            outcome.diagnostics.append(line.strip())
-    stream.close()
-
-
-def _classify(label: str, outcome: _Attempt) -> _Attempt:
-    for error in (outcome.feed_error, outcome.callback_error):
-        if error is not None:
-            raise error
-    if outcome.exit_code is not None:
-        return outcome
-    code = outcome.ssh_code
-    if outcome.diagnostics:
-        reason = outcome.diagnostics[-1][:200]
-    elif code is not None and code < 0:
-        reason = f"ssh was killed by {_signal_name(-code)}"
-    else:
-        reason = f"ssh exited with {code}"
-    if code is not None and (code == SSH_FAILED or code < 0):
-        raise _ConnectionLost(reason)
-    raise TransportError(f"{label}: the remote wrapper ended without an exit status: {reason}")
-
-
-def _result(
-    label: str, outcome: _Attempt, timeout_secs: Optional[float], check: bool
-) -> RemoteResult:
-    assert outcome.exit_code is not None
-    stdout = b"".join(outcome.stdout)
-    if outcome.exit_code != 0 and check:
-        tail = b"".join(outcome.stdout[-TAIL_LINES:]).decode("utf-8", "replace")
-        timed_out = timeout_secs is not None and outcome.exit_code in (124, 137)
-        raise RemoteCommandError(label, outcome.exit_code, tail, timed_out)
-    return RemoteResult(exit_code=outcome.exit_code, stdout=stdout, stdin_bytes=outcome.sent)
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1][:200] if lines else ""

@@ -22,9 +22,14 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import orjson
 
-from pikaci import nix
-from pikaci.payload import MANIFEST_RELATIVE_PATH, ManifestError, PayloadManifest, parse_manifest
-from pikaci.transport import Builder, RemoteCommandError, Transport
+from pikaci.builder.transport import Builder, RemoteCommandError, Transport
+from pikaci.payloads import nix
+from pikaci.payloads.manifest import (
+    MANIFEST_RELATIVE_PATH,
+    ManifestError,
+    PayloadManifest,
+    parse_manifest,
+)
 
 Log = Callable[[str], None]
 RESULT_MARKER = "__pikaci_nix_result__"

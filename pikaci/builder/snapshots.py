@@ -1,12 +1,4 @@
-"""The builder's directory layout, race-safe snapshot publishing, leases and remote GC.
-
-Layout under `Builder.remote_work_dir` (everything a run leaves is scoped by its run id):
-
-    snapshots/<tree_id>/snapshot/        content-addressed snapshot, with pikaci-snapshot.json
-    snapshots/<tree_id>/.tmp-<pid>-<rnd> one publisher's upload, renamed into place when complete
-    runs/<run_id>/jobs/<job_id>/artifacts/
-    runs/<run_id>/uses/<tree_id>         the snapshots a run uses: GC keeps them with the run
-    locks/gc.lock, locks/run-<run_id>.lock, locks/snapshot-<tree_id>.lock
+"""Race-safe snapshot publishing on the builder, and leases that keep a snapshot alive.
 
 Publishing (`publish_snapshot`) takes one round trip to read the destination's marker: the same
 tree id and content hash means reuse, another one is a hard error, none means upload. The upload
@@ -22,149 +14,38 @@ Leases. `hold_snapshot` keeps a shared flock(1) on `locks/run-<run>.lock` and
 `locks/snapshot-<tree>.lock` in a remote process that lives exactly as long as the local
 holder's SSH session: the transport's watchdog kills it when the session ends, so a crashed
 orchestrator never leaves a stale lease and a live one never needs a heartbeat. Publishing holds
-the snapshot lock the same way for the duration of its upload. Everyone takes `locks/gc.lock`
-shared while acquiring, and GC holds it exclusively for its whole pass, so GC's checks cannot
-race a half-taken lease.
+the snapshot lock the same way for the duration of its upload.
 
-GC (`remote_gc`, one round trip) removes `runs/<id>` beyond the newest `keep_runs` (run ids sort
-chronologically) unless leased, then `snapshots/<id>` that no remaining run uses, nobody leases
-and that was not used within `keep_snapshots_days`; leftover temp dirs of killed publishers go
-too. It reports the sizes (`du -sk`) of what it removed.
-
-Builders need POSIX sh plus coreutils, findutils, util-linux (flock) and GNU tar.
-"""
+Builders need POSIX sh plus coreutils, findutils, util-linux (flock) and GNU tar."""
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-import posixpath
 import secrets
-import shlex
 import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, Iterator, List, Optional, Tuple
+from typing import IO, Iterator, List, Optional, Tuple
 
 import orjson
 
-from pikaci.ids import ID_RULE, is_safe_id
-from pikaci.model import is_run_id
+from pikaci.builder.layout import (
+    LEASE_HELD,
+    READ_SIZE,
+    SEPARATOR,
+    Log,
+    RemoteError,
+    RemoteLayout,
+    quote,
+    take_locks,
+)
+from pikaci.builder.transport import StreamInterrupted, Transport, TransportError
+from pikaci.model import UploadRecord
 from pikaci.snapshot import SNAPSHOT_METADATA_FILE, SnapshotError, SnapshotMetadata, read_metadata
-from pikaci.transport import Builder, StreamInterrupted, Transport, TransportError
-
-__all__ = [
-    "GcResult",
-    "PublishResult",
-    "RemoteError",
-    "RemoteLayout",
-    "TarStream",
-    "hold_snapshot",
-    "publish_snapshot",
-    "remote_gc",
-]
-
-Log = Callable[[str], None]
-
-LEASE_HELD = "pikaci-lease: held"
-GC_LOCK_WAIT_SECS = 120
-_SEPARATOR = "---"
-_READ_SIZE = 1 << 20
-
-
-class RemoteError(Exception):
-    """A problem with the builder's state (not its connection); the message is one line."""
-
-
-# -- layout -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RemoteLayout:
-    """Pure POSIX paths under the builder's work dir; ids are validated, nothing is touched."""
-
-    work_dir: str
-
-    def __post_init__(self) -> None:
-        normal = posixpath.normpath(self.work_dir)
-        if (
-            not self.work_dir.startswith("/")
-            or normal != self.work_dir.rstrip("/")
-            or normal == "/"
-        ):
-            raise RemoteError(
-                f"remote work dir must be an absolute, normalized path: {self.work_dir!r}"
-            )
-
-    @classmethod
-    def for_builder(cls, builder: Builder) -> RemoteLayout:
-        return cls(builder.remote_work_dir.rstrip("/"))
-
-    @property
-    def snapshots_dir(self) -> str:
-        return f"{self.work_dir}/snapshots"
-
-    @property
-    def runs_dir(self) -> str:
-        return f"{self.work_dir}/runs"
-
-    @property
-    def locks_dir(self) -> str:
-        return f"{self.work_dir}/locks"
-
-    @property
-    def gc_lock(self) -> str:
-        return f"{self.locks_dir}/gc.lock"
-
-    def snapshot_root(self, tree_id: str) -> str:
-        return f"{self.snapshots_dir}/{_checked_id('tree', tree_id)}"
-
-    def snapshot_dir(self, tree_id: str) -> str:
-        return f"{self.snapshot_root(tree_id)}/snapshot"
-
-    def snapshot_lock(self, tree_id: str) -> str:
-        return f"{self.locks_dir}/snapshot-{_checked_id('tree', tree_id)}.lock"
-
-    def run_dir(self, run_id: str) -> str:
-        if not is_run_id(run_id):
-            raise RemoteError(f"invalid run id {run_id!r}: expected YYYYmmddTHHMMSSZ-<8 hex>")
-        return f"{self.runs_dir}/{run_id}"
-
-    def run_lock(self, run_id: str) -> str:
-        self.run_dir(run_id)
-        return f"{self.locks_dir}/run-{run_id}.lock"
-
-    def uses_dir(self, run_id: str) -> str:
-        return f"{self.run_dir(run_id)}/uses"
-
-    def job_dir(self, run_id: str, job_id: str) -> str:
-        return f"{self.run_dir(run_id)}/jobs/{_checked_id('job', job_id)}"
-
-    def artifacts_dir(self, run_id: str, job_id: str) -> str:
-        return f"{self.job_dir(run_id, job_id)}/artifacts"
-
-
-def _checked_id(kind: str, value: str) -> str:
-    if not is_safe_id(value):
-        raise RemoteError(f"invalid {kind} id {value!r}: expected {ID_RULE}")
-    return value
-
-
-def _q(text: str) -> str:
-    return shlex.quote(text)
-
-
-def _take_locks(layout: RemoteLayout, *locks: str) -> List[str]:
-    """Shell lines taking shared flocks on `locks` (fds 7, 9), entered through gc.lock."""
-    lines = [f"mkdir -p {_q(layout.locks_dir)}", f"exec 8>{_q(layout.gc_lock)}", "flock -s 8"]
-    for fd, lock in zip((7, 9), locks):
-        lines += [f"exec {fd}>{_q(lock)}", f"flock -s {fd}"]
-    return [*lines, "flock -u 8", "exec 8>&-"]
-
 
 # -- publishing -------------------------------------------------------------------------------
 
@@ -198,7 +79,7 @@ class TarStream:
     def read(self, size: int = -1, /) -> bytes:
         stdout = self._proc.stdout
         assert stdout is not None
-        data = os.read(stdout.fileno(), size if size > 0 else _READ_SIZE)
+        data = os.read(stdout.fileno(), size if size > 0 else READ_SIZE)
         if not data and self._proc.wait() != 0:
             self._errors.seek(0)
             detail = self._errors.read().decode("utf-8", "replace").strip().splitlines()
@@ -269,13 +150,13 @@ def _remote_marker(
     script = "\n".join(
         [
             "set -eu",
-            f"if [ -f {_q(marker)} ]; then echo present; echo {_SEPARATOR}; cat {_q(marker)}",
-            f"elif [ -e {_q(dest)} ]; then echo foreign",
+            f"if [ -f {quote(marker)} ]; then echo present; echo {SEPARATOR}; cat {quote(marker)}",
+            f"elif [ -e {quote(dest)} ]; then echo foreign",
             "else echo absent; fi",
         ]
     )
     output = transport.run("check remote snapshot", script).text
-    state, _, body = output.partition(f"\n{_SEPARATOR}\n")
+    state, _, body = output.partition(f"\n{SEPARATOR}\n")
     state = state.strip()
     if state == "absent":
         return None
@@ -331,7 +212,7 @@ def _upload(
             except StreamInterrupted as exc:
                 log(str(exc))
                 continue
-        state, _, body = result.text.partition(f"\n{_SEPARATOR}\n")
+        state, _, body = result.text.partition(f"\n{SEPARATOR}\n")
         dest = layout.snapshot_dir(tree_id)
         _check_same(_parse_marker(body, dest), local, dest)
         return state.strip().endswith("published"), result.stdin_bytes
@@ -347,8 +228,8 @@ def _publish_script(layout: RemoteLayout, tree_id: str, temp: str) -> str:
     return "\n".join(
         [
             "set -eu",
-            *_take_locks(layout, layout.snapshot_lock(tree_id)),
-            f"root={_q(root)} dest={_q(dest)} tmp={_q(temp)}",
+            *take_locks(layout, layout.snapshot_lock(tree_id)),
+            f"root={quote(root)} dest={quote(dest)} tmp={quote(temp)}",
             # nothing half-written survives a failure or a kill (KILL leaves it to GC); a
             # second TERM (timeout forwards one) must not cut the cleanup short
             """trap 'trap "" TERM INT HUP; rm -rf "$tmp"' EXIT""",
@@ -364,7 +245,7 @@ def _publish_script(layout: RemoteLayout, tree_id: str, temp: str) -> str:
             f'  elif [ -f "$dest/{marker}" ]; then echo reused',
             '  else echo "cannot rename $tmp to $dest"; exit 4; fi',
             "fi",
-            f"echo {_SEPARATOR}",
+            f"echo {SEPARATOR}",
             f'cat "$dest/{marker}"',
         ]
     )
@@ -428,105 +309,28 @@ def _lease_script(layout: RemoteLayout, tree_id: str, run_id: str) -> str:
     return "\n".join(
         [
             "set -eu",
-            *_take_locks(layout, layout.run_lock(run_id), layout.snapshot_lock(tree_id)),
-            f"mkdir -p {_q(uses)}",
-            f": > {_q(uses + '/' + tree_id)}",
-            f"if [ -d {_q(root)} ]; then touch {_q(root)}; fi",  # recency for keep_snapshots_days
-            f"echo {_q(LEASE_HELD)}",
+            *take_locks(layout, layout.run_lock(run_id), layout.snapshot_lock(tree_id)),
+            f"mkdir -p {quote(uses)}",
+            f": > {quote(uses + '/' + tree_id)}",
+            # recency for keep_snapshots_days
+            f"if [ -d {quote(root)} ]; then touch {quote(root)}; fi",
+            f"echo {quote(LEASE_HELD)}",
             "exec cat >/dev/null",  # keeps the flocks (fds 7, 9) until released
         ]
     )
 
 
-# -- garbage collection -----------------------------------------------------------------------
-
-
-@dataclass
-class GcResult:
-    removed_runs: List[str] = field(default_factory=list)
-    removed_snapshots: List[str] = field(default_factory=list)
-    kept_in_use: List[str] = field(default_factory=list)  # "runs/<id>", "snapshots/<id>"
-    freed_bytes: int = 0
-    removed_temps: List[str] = field(default_factory=list)
-    kept_snapshots: List[str] = field(default_factory=list)  # referenced or recently used
-
-
-def remote_gc(
-    transport: Transport,
-    layout: RemoteLayout,
-    keep_runs: int,
-    keep_snapshots_days: float,
-    log: Log,
-) -> GcResult:
-    """Remove old runs and unused snapshots from the builder in one round trip."""
-    if keep_runs < 0 or keep_snapshots_days < 0:
-        raise RemoteError("keep_runs and keep_snapshots_days must be zero or positive")
-    minutes = math.ceil(keep_snapshots_days * 24 * 60)
-    result = transport.run("remote gc", _gc_script(layout, keep_runs, minutes))
-    gc = _parse_gc(result.text)
-    log(
-        f"remote gc on {transport.builder.host}: removed {len(gc.removed_runs)} run(s), "
-        f"{len(gc.removed_snapshots)} snapshot(s), {len(gc.removed_temps)} temp dir(s), "
-        f"freed {gc.freed_bytes} bytes; in use: {', '.join(gc.kept_in_use) or 'nothing'}"
+def snapshot_upload(
+    host: str, tree_id: str, node_id: str, published: PublishResult
+) -> UploadRecord:
+    """The run record's account of one snapshot publish (or of finding it already there)."""
+    return UploadRecord(
+        kind="snapshot",
+        builder=host,
+        subject=tree_id,
+        node_id=node_id,
+        paths=1 if published.uploaded else 0,
+        bytes=published.bytes_sent,
+        seconds=round(published.seconds, 3),
+        skipped=not published.uploaded,
     )
-    return gc
-
-
-_GC_BODY = r"""
-[ -d "$work" ] || exit 0
-cd "$work"
-mkdir -p locks
-exec 8>locks/gc.lock
-if ! flock -w "$wait" -x 8; then echo "gc: locks/gc.lock still busy after ${wait}s"; exit 75; fi
-kb() { du -sk "$1" 2>/dev/null | cut -f1; }
-unused() { flock -n -x "$1" true; }
-set -- $(ls -1 runs 2>/dev/null | grep -E '^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$' | sort)
-drop=$(($# - keep))
-for r in "$@"; do
-  [ "$drop" -gt 0 ] || break
-  drop=$((drop - 1))
-  if unused "locks/run-$r.lock"; then
-    k=$(kb "runs/$r"); rm -rf "runs/$r"; rm -f "locks/run-$r.lock"
-    echo "removed run $r ${k:-0}"
-  else
-    echo "in-use run $r"
-  fi
-done
-for s in $(ls -1 snapshots 2>/dev/null | grep -E '^[A-Za-z0-9][A-Za-z0-9._-]*$'); do
-  [ -d "snapshots/$s" ] || continue
-  if ! unused "locks/snapshot-$s.lock"; then echo "in-use snapshot $s"; continue; fi
-  for t in "snapshots/$s"/.tmp-*; do
-    [ -e "$t" ] || continue
-    k=$(kb "$t"); rm -rf "$t"; echo "removed temp $s/${t##*/} ${k:-0}"
-  done
-  set -- runs/*/uses/"$s"
-  if [ -e "$1" ]; then echo "kept snapshot $s referenced"; continue; fi
-  if [ "$minutes" -gt 0 ] && [ -n "$(find "snapshots/$s" -maxdepth 0 -mmin -"$minutes")" ]; then
-    echo "kept snapshot $s recent"; continue
-  fi
-  k=$(kb "snapshots/$s"); rm -rf "snapshots/$s"; rm -f "locks/snapshot-$s.lock"
-  echo "removed snapshot $s ${k:-0}"
-done
-"""
-
-
-def _gc_script(layout: RemoteLayout, keep_runs: int, minutes: int) -> str:
-    settings = (
-        f"work={_q(layout.work_dir)} keep={keep_runs} minutes={minutes} wait={GC_LOCK_WAIT_SECS}"
-    )
-    return "set -eu\nexport LC_ALL=C\n" + settings + _GC_BODY
-
-
-def _parse_gc(output: str) -> GcResult:
-    gc = GcResult()
-    for line in output.splitlines():
-        words = line.split()
-        if len(words) == 4 and words[0] == "removed" and words[3].isdigit():
-            gc.freed_bytes += int(words[3]) * 1024
-            target = {"run": gc.removed_runs, "snapshot": gc.removed_snapshots}
-            target.get(words[1], gc.removed_temps).append(words[2])
-        elif len(words) == 3 and words[0] == "in-use":
-            gc.kept_in_use.append(f"{words[1]}s/{words[2]}")
-        elif len(words) == 4 and words[:2] == ["kept", "snapshot"]:
-            gc.kept_snapshots.append(words[2])
-    return gc

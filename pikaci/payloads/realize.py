@@ -15,14 +15,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from pikaci import builder_nix, nix
+from pikaci.builder.connect import connect
+from pikaci.builder.layout import RemoteLayout
+from pikaci.builder.snapshots import hold_snapshot, publish_snapshot, snapshot_upload
+from pikaci.builder.transport import Builder, TransportError
 from pikaci.catalog import Target
 from pikaci.model import UploadRecord
-from pikaci.nodes import build_node, build_task, upload_task
-from pikaci.remote import RemoteLayout, hold_snapshot, publish_snapshot
-from pikaci.runtimes.base import RESIDENCY_BUILDER, RESIDENCY_LOCAL
-from pikaci.runtimes.remote_common import connect, snapshot_upload
-from pikaci.transport import Builder, TransportError
+from pikaci.payloads import builder_nix, nix
+from pikaci.payloads.staged import RESIDENCY_BUILDER, RESIDENCY_LOCAL
+from pikaci.plan import build_node, build_task, upload_task
 
 Log = Callable[[str], None]
 

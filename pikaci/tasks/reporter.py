@@ -15,19 +15,15 @@ from doit.reporter import ConsoleReporter
 from doit.task import Task
 
 from pikaci.catalog import Lane, Target
-from pikaci.model import now_timestamp
-from pikaci.nodes import node_of_task
-from pikaci.session import RunSession
+from pikaci.plan import execute_task, node_of_task, split_task
+from pikaci.run.session import RunSession
+from pikaci.tasks.uptodate import reuse_decision_of
+from pikaci.timestamps import now_timestamp
 
 
 def reporter_for(session: RunSession) -> type:
     """doit instantiates reporters itself; bind the session through a subclass."""
     return type("PikaciReporter", (PikaciReporter,), {"session": session})
-
-
-def _split(task_name: str) -> Tuple[str, str]:
-    kind, _, ident = task_name.partition(":")
-    return kind, ident
 
 
 class PikaciReporter(ConsoleReporter):  # type: ignore[misc]
@@ -74,7 +70,7 @@ class PikaciReporter(ConsoleReporter):  # type: ignore[misc]
             stack.extend(task.setup_tasks)
         planned = []
         for target, lane in self.session.catalog.iter_lanes():
-            if f"execute:{lane.id}" in seen:
+            if execute_task(lane.id) in seen:
                 planned.append((target, lane))
         return planned
 
@@ -100,7 +96,7 @@ class PikaciReporter(ConsoleReporter):  # type: ignore[misc]
             # also when it failed before running (an error in its up-to-date check)
             started = self._started.pop(task.name, None) or now_timestamp()
             self.session.prepare_finished(node, started, now_timestamp(), message)
-        kind, ident = _split(task.name)
+        kind, ident = split_task(task.name)
         if kind in ("execute", "collect", "lane") and not task.executed:
             found = self.session.catalog.lane(ident)
             if found is not None and self.session.run is not None:
@@ -110,13 +106,16 @@ class PikaciReporter(ConsoleReporter):  # type: ignore[misc]
                 )
 
     def skip_uptodate(self, task: Task) -> None:
-        kind, ident = _split(task.name)
+        kind, ident = split_task(task.name)
         if kind != "execute":
             super().skip_uptodate(task)
             return
         found = self.session.catalog.lane(ident)
-        previous = self.session.job_reused(*found) if found else None
-        note = f"  (reused: passed in run {previous})" if previous else ""
+        decision = reuse_decision_of(task)
+        note = ""
+        if found and decision is not None and decision.passed_run is not None:
+            self.session.job_reused(*found, decision.inputs, decision.passed_run)
+            note = f"  (reused: passed in run {decision.passed_run})"
         self.write(f"-- {task.title()}{note}\n")
 
 

@@ -15,8 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from pikaci import incus
-from pikaci.runtimes.incus_runtime import (
+from pikaci.builder.config import builder_from_environment
+from pikaci.builder.connect import connect
+from pikaci.incus import commands as incus
+from pikaci.incus import config as incus_config
+from pikaci.incus.hosts import (
     BuilderHost,
     IncusHost,
     IncusRuntimeError,
@@ -25,10 +28,20 @@ from pikaci.runtimes.incus_runtime import (
     reap,
     run_checked,
 )
-from pikaci.runtimes.remote_common import connect
-from pikaci.settings import builder_from_environment
+from pikaci.options import Option, non_negative
 
 Log = Callable[[str], None]
+
+OLDER_THAN = Option(
+    "older_than",
+    "older-than",
+    float,
+    float(incus_config.REAP_AFTER_SECS),
+    "minimum age in seconds of a marked instance to delete (default 6 hours)",
+    metavar="SECS",
+    expects="zero or a positive number of seconds",
+    valid=non_negative,
+)
 
 
 # one error type for the runtime and the housekeeping (both drive the same incus commands)
@@ -41,8 +54,8 @@ def open_host(remote: bool, log: Log) -> IncusHost:
     return BuilderHost(connect(builder_from_environment(os.environ), log))
 
 
-def settings(remote: bool) -> incus.IncusSettings:
-    return incus.incus_settings_from_environment(os.environ, sudo_default=remote)
+def settings(remote: bool) -> incus_config.IncusSettings:
+    return incus_config.incus_settings_from_environment(os.environ, sudo_default=remote)
 
 
 # -- image ------------------------------------------------------------------------------------
@@ -69,12 +82,12 @@ def _sha256_of(files: Tuple[Tuple[str, int, int, int, int], ...]) -> str:
     return digest.hexdigest()
 
 
-def alias_fingerprint(host: IncusHost, config: incus.IncusSettings) -> Optional[str]:
+def alias_fingerprint(host: IncusHost, config: incus_config.IncusSettings) -> Optional[str]:
     """The fingerprint the alias points at, or None when no image has it."""
     listed = run_checked(host, "incus image list", incus.image_list_argv(config))
     try:
         return incus.parse_image_identity(listed.text, config).fingerprint
-    except incus.IncusError as exc:
+    except incus_config.IncusError as exc:
         if "no image" in str(exc):
             return None
         raise IncusAdminError(str(exc)) from None
@@ -101,7 +114,7 @@ def image_files(paths: Sequence[str]) -> List[Path]:
 
 
 def import_image(
-    host: IncusHost, config: incus.IncusSettings, files: Sequence[Path]
+    host: IncusHost, config: incus_config.IncusSettings, files: Sequence[Path]
 ) -> ImageImport:
     """Import `files` under the alias unless the alias already names exactly this image."""
     wanted = image_fingerprint(files)
@@ -143,7 +156,7 @@ def import_image(
     return ImageImport(config.image_alias, config.project, wanted, imported=True)
 
 
-def _image_argv(config: incus.IncusSettings, *args: str) -> List[str]:
+def _image_argv(config: incus_config.IncusSettings, *args: str) -> List[str]:
     return incus.incus_argv(config, "--project", config.project, "image", *args)
 
 
@@ -151,7 +164,7 @@ def _image_argv(config: incus.IncusSettings, *args: str) -> List[str]:
 
 
 def reap_instances(
-    host: IncusHost, config: incus.IncusSettings, older_than_secs: float, log: Log
+    host: IncusHost, config: incus_config.IncusSettings, older_than_secs: float, log: Log
 ) -> ReapReport:
     """Delete instances carrying pikaci's ownership marker that are older than the bound.
     Instances without the marker are never touched."""
@@ -161,3 +174,10 @@ def reap_instances(
     if report.failed:
         raise IncusAdminError(f"could not delete {', '.join(report.failed)} on {host.name}")
     return report
+
+
+def reap_summary(host: IncusHost, report: ReapReport) -> str:
+    return (
+        f"incus reap on {host.name}: removed {len(report.removed)} instance(s), "
+        f"kept {len(report.kept)} younger one(s)"
+    )

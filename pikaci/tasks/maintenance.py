@@ -1,0 +1,160 @@
+"""Housekeeping tasks: `gc_remote`, `incus_image`, `incus_reap` and `serve`.
+
+They are in every repository's task list, belong to no target and run only when named: plain
+`doit` must never delete anything or start a server.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from doit.exceptions import TaskError
+
+from pikaci.builder import gc
+from pikaci.builder.transport import RemoteCommandError, TransportError
+from pikaci.incus import admin as incus_admin
+from pikaci.incus import config as incus_config
+from pikaci.options import REMOTE
+from pikaci.server import serve
+from pikaci.settings import Settings
+from pikaci.store import StateRoot
+
+GC_REMOTE_TASK = "gc_remote"
+INCUS_IMAGE_TASK = "incus_image"
+INCUS_REAP_TASK = "incus_reap"
+SERVE_TASK = "serve"
+MAINTENANCE_TASKS = (GC_REMOTE_TASK, INCUS_IMAGE_TASK, INCUS_REAP_TASK, SERVE_TASK)
+TaskDict = Dict[str, Any]
+_INCUS_ERRORS = (
+    incus_admin.IncusAdminError,
+    incus_config.IncusError,
+    TransportError,
+    RemoteCommandError,
+)
+
+
+def maintenance_tasks(settings: Settings) -> List[TaskDict]:
+    return [
+        gc_remote_task(settings),
+        incus_image_task(),
+        incus_reap_task(),
+        serve_task(settings.source_root, StateRoot(settings.state_root)),
+    ]
+
+
+def gc_remote_task(settings: Settings) -> TaskDict:
+    def action(keep_runs: int, keep_snapshots_days: float) -> Any:
+        if settings.builder is None:
+            return TaskError("gc_remote: no builder is configured (set PIKACI_BUILDER)")
+        try:
+            gc.gc_remote_command(
+                settings.builder, keep_runs, keep_snapshots_days, False, sys.stdout
+            )
+        except (ValueError, *gc.REMOTE_GC_ERRORS) as exc:
+            return TaskError(str(exc))
+        return None
+
+    return {
+        "basename": GC_REMOTE_TASK,
+        "doc": "remove old runs and unused snapshots from the builder ($PIKACI_BUILDER); "
+        "--keep-runs N, --keep-snapshots-days D",
+        "params": [gc.KEEP_RUNS.param(), gc.KEEP_SNAPSHOTS_DAYS.param()],
+        "actions": [action],
+        "uptodate": [False],
+        "verbosity": 2,  # the report is the point of running it
+    }
+
+
+def incus_image_task() -> TaskDict:
+    return {
+        "basename": INCUS_IMAGE_TASK,
+        "doc": "import the guest image under $PIKACI_INCUS_IMAGE_ALIAS when it changed: "
+        "--image FILE (unified tarball, or --image METADATA --image ROOTFS), --remote",
+        "params": [
+            {
+                "name": "image",
+                "long": "image",
+                "type": list,
+                "default": [],
+                "help": "the image: one unified tarball, or metadata then rootfs",
+            },
+            REMOTE.param(),
+        ],
+        "actions": [_import_image],
+        "uptodate": [_image_current],
+        "verbosity": 2,
+    }
+
+
+def _image_current(task: Any, values: Dict[str, Any]) -> bool:
+    """Up to date when the alias already names exactly the given image (checked each time:
+    someone else may have moved the alias)."""
+    options = task.options or {}
+    try:
+        files = incus_admin.image_files(options.get("image") or [])
+        remote = bool(options.get("remote"))
+        host = incus_admin.open_host(remote, lambda line: None)
+        current = incus_admin.alias_fingerprint(host, incus_admin.settings(remote))
+    except (*_INCUS_ERRORS, ValueError, OSError):
+        return False  # the action meets the same problem and reports it
+    return current == incus_admin.image_fingerprint(files)
+
+
+def _import_image(image: List[str], remote: bool) -> Any:
+    try:
+        files = incus_admin.image_files(image)
+        config = incus_admin.settings(remote)
+        host = incus_admin.open_host(remote, lambda line: None)
+        done = incus_admin.import_image(host, config, files)
+    except (*_INCUS_ERRORS, ValueError, OSError) as exc:
+        return TaskError(f"{INCUS_IMAGE_TASK}: {exc}")
+    verb = "imported" if done.imported else "already current:"
+    print(f"{verb} {done.alias} in project {done.project} -> {done.fingerprint} on {host.name}")
+    return None
+
+
+def incus_reap_task() -> TaskDict:
+    return {
+        "basename": INCUS_REAP_TASK,
+        "doc": "delete Incus instances pikaci created that are older than --older-than "
+        "seconds (unmarked instances are never touched), --remote",
+        "params": [incus_admin.OLDER_THAN.param(), REMOTE.param()],
+        "actions": [_reap],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
+def _reap(older_than: float, remote: bool) -> Any:
+    try:
+        host = incus_admin.open_host(remote, lambda line: None)
+        report = incus_admin.reap_instances(host, incus_admin.settings(remote), older_than, print)
+    except (*_INCUS_ERRORS, ValueError) as exc:
+        return TaskError(f"{INCUS_REAP_TASK}: {exc}")
+    print(incus_admin.reap_summary(host, report))
+    return None
+
+
+def serve_task(source_root: Path, state: StateRoot) -> TaskDict:
+    """`doit serve [--host H] [--port P] [--no-auth]`: this checkout's runs, until Ctrl-C."""
+
+    def action(host: str, port: int, no_auth: bool) -> Optional[TaskError]:
+        try:
+            repos, tokens = serve.resolve_config(host, no_auth, [], source_root, state, os.environ)
+        except serve.ServeError as exc:
+            return TaskError(f"serve: {exc}")
+        serve.serve(repos, tokens, host, port, sys.stderr)
+        return None
+
+    return {
+        "basename": SERVE_TASK,
+        "doc": "serve this checkout's runs (web pages and JSON API) until Ctrl-C; "
+        "--host, --port, --no-auth",
+        "params": [serve.HOST.param(), serve.PORT.param(), serve.NO_AUTH.param()],
+        "actions": [action],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
