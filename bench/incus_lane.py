@@ -42,7 +42,7 @@ REPO_ROOT = BENCH_DIR.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.conftest import LaneSpec, new_repository, render_dodo  # noqa: E402
+from tests.fixtures.projects import LaneSpec, new_repository, render_dodo  # noqa: E402
 
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "incus_lane.json"
 

@@ -4,9 +4,9 @@ times, and snapshot upload throughput next to rsync and `tar | ssh tar`.
     python bench/remote_upload.py [--lanes 1,5] [--repeat 5] [--files 2000] [--mib 64]
                                   [--output bench/results/remote_upload.json]
 
-Run it as root: the builder is this machine, a loopback sshd (tests/sshd.py) with its own
+Run it as root: the builder is this machine, a loopback sshd (tests/fixtures/sshd.py) with its own
 login user `pikaci-remote`, which only root can create. It also needs nix, bwrap, busybox-static,
-rsync and the venv's test extras (the staged project helpers live in tests/conftest.py).
+rsync and the venv's test extras (the staged project helpers live in tests/fixtures/).
 
 Round trips: for every lane count K and payload mode (`builder`, `copy`), each repetition makes
 a fresh staged project (a flake built by nix/ci/lib.nix on a busybox carried in the repository)
@@ -64,14 +64,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # the loopback sshd and the project helpers live in tests/
 
-from tests.conftest import (  # noqa: E402
+from tests.fixtures.projects import LaneSpec, new_repository  # noqa: E402
+from tests.fixtures.sshd import Sshd, running_sshd  # noqa: E402
+from tests.fixtures.staged import (  # noqa: E402
+    BUILD_ROOT,
     BUSYBOX,
-    LaneSpec,
-    new_repository,
+    DEPS_ROOT,
     render_staged_dodo,
     render_staged_flake,
 )
-from tests.sshd import Sshd, running_sshd  # noqa: E402
 
 DEFAULT_OUTPUT = REPO_ROOT / "bench" / "results" / "remote_upload.json"
 MODES = ("builder", "copy")
@@ -80,8 +81,6 @@ MIB = 1 << 20
 LARGE_FILE = MIB
 LARGE_SHARE = 0.75  # of the tree's bytes in 1 MiB files, the rest in small ones
 FILES_PER_DIR = 100
-BUILD_ROOT = "/staged/linux-rust/workspace-build"
-DEPS_ROOT = "/staged/linux-rust/workspace-deps"
 WRAPPERS = {
     "run-check": (
         f"cat {DEPS_ROOT}/share/inputs/hello.txt\n"

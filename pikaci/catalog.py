@@ -56,6 +56,7 @@ SUPPORTED_EXECUTIONS: Tuple[Tuple[str, str], ...] = (
 )
 
 DEFAULT_TIMEOUT_SECS = 1800
+MAX_TIMEOUT_SECS = 30 * 24 * 3600  # past any CI job; keeps deadlines inside every clock
 
 # where a target's staged payloads are realized (StagedPayloads.realize)
 REALIZE_LOCAL = "local"  # built here; lanes run here
@@ -82,11 +83,16 @@ class Execution:
         return EXECUTOR_LABELS.get(self.pair, f"{self.placement}_{self.runtime}")
 
 
+# what a Lane without `execution=` holds, so that validation names the lane instead of a
+# TypeError naming nothing; placement and runtime are never defaulted
+MISSING_EXECUTION = Execution(placement="", runtime="")
+
+
 @dataclass(frozen=True)
 class Lane:
     id: str
     command: str
-    execution: Execution
+    execution: Execution = MISSING_EXECUTION
     timeout_secs: int = DEFAULT_TIMEOUT_SECS
     description: str = ""
     env: Mapping[str, str] = field(default_factory=dict)
@@ -219,9 +225,14 @@ def _validate_lane(lane: Lane, target_where: str, index: int) -> None:
     if not isinstance(lane.command, str) or not lane.command.strip():
         raise CatalogError(f"{where}: field `command` must be a non-empty string")
     timeout = lane.timeout_secs
-    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0:
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int)
+        or not 0 < timeout <= MAX_TIMEOUT_SECS
+    ):
         raise CatalogError(
-            f"{where}: field `timeout_secs` must be a positive integer, got {timeout!r}"
+            f"{where}: field `timeout_secs` must be a positive integer of at most "
+            f"{MAX_TIMEOUT_SECS} (30 days), got {timeout!r}"
         )
     _check_str(lane.description, f"{where}: field `description`")
     if not isinstance(lane.env, Mapping) or not all(
@@ -230,6 +241,11 @@ def _validate_lane(lane: Lane, target_where: str, index: int) -> None:
     ):
         raise CatalogError(f"{where}: field `env` must map variable names to strings")
     execution = lane.execution
+    if execution is MISSING_EXECUTION:
+        raise CatalogError(
+            f"{where}: missing field `execution`: every lane declares "
+            "Execution(placement=..., runtime=...)"
+        )
     if not isinstance(execution, Execution):
         raise CatalogError(
             f"{where}: field `execution` must be an Execution(placement=..., runtime=...)"

@@ -82,6 +82,20 @@ def _run_git(cwd: Path, *args: str) -> Optional[Tuple[int, bytes]]:
     return _finish(_spawn_git(cwd, *args))
 
 
+class GitError(Exception):
+    """git could not be started; the message is one line."""
+
+
+def git_output(cwd: Path, *args: str) -> Optional[str]:
+    """A read-only git command's stdout (stderr is not parsed), None when it failed;
+    GitError when git cannot be started at all."""
+    proc = _spawn_git(cwd, *args)
+    if proc is None:
+        raise GitError("cannot run git: is it installed?")
+    code, out = _finish(proc) or (1, b"")
+    return os.fsdecode(out) if code == 0 else None
+
+
 def _spawn_git(cwd: Path, *args: str) -> Optional[subprocess.Popen[bytes]]:
     try:
         return subprocess.Popen(

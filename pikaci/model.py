@@ -8,6 +8,7 @@ fields are kept (and written back) so a newer writer's data survives an older re
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
 
@@ -87,12 +88,21 @@ class Record:
             if data.get(required) is None:
                 raise RecordError(f"{what}: missing required field `{required}`")
         kwargs: Dict[str, Any] = {}
+        checks = _field_checks(cls)  # type: ignore[arg-type]
         for name in names:
-            # an explicit null for a nested or list field means "use the default"
-            if name not in data or (data[name] is None and name in decoders):
+            # an explicit null for a field that cannot hold one means "use the default"
+            nullable = name not in decoders and checks[name][1](None)
+            if name not in data or (data[name] is None and not nullable):
                 continue
             decoder = decoders.get(name)
-            kwargs[name] = decoder(data[name], f"{what}.{name}") if decoder else data[name]
+            if decoder is not None:
+                kwargs[name] = decoder(data[name], f"{what}.{name}")
+                continue
+            expected, accepts = checks[name]
+            if not accepts(data[name]):
+                found = "null" if data[name] is None else type(data[name]).__name__
+                raise RecordError(f"{what}.{name}: expected {expected}, got {found}")
+            kwargs[name] = data[name]
         try:
             record = cls(**kwargs)
         except TypeError as exc:
@@ -111,6 +121,50 @@ class Record:
 
     def validate(self, what: str) -> None:
         """Type checks that matter to readers; override in subclasses."""
+
+
+Check = Tuple[str, Callable[[Any], bool]]
+_SCALARS: Dict[str, Check] = {
+    "str": ("a string", lambda value: isinstance(value, str)),
+    # bool is an int in Python, never in a record
+    "int": ("an integer", lambda value: isinstance(value, int) and not isinstance(value, bool)),
+    "float": (
+        "a number",
+        lambda value: isinstance(value, (int, float)) and not isinstance(value, bool),
+    ),
+    "bool": ("true or false", lambda value: isinstance(value, bool)),
+    "List[str]": (
+        "a list of strings",
+        lambda value: isinstance(value, list) and all(isinstance(item, str) for item in value),
+    ),
+    "Dict[str, Any]": ("an object", lambda value: isinstance(value, dict)),
+    "Any": ("anything", lambda value: True),
+}
+
+
+@functools.cache
+def _field_checks(cls: type) -> Dict[str, Check]:
+    """Per field, what a reader may rely on: the declared type, from the annotation text (a
+    wrong-typed field makes the record corrupt, like invalid JSON, instead of failing later)."""
+    checks: Dict[str, Check] = {}
+    for item in dataclasses.fields(cls):
+        annotation = str(item.type)
+        optional = annotation.startswith("Optional[")
+        inner = annotation[len("Optional[") : -1] if optional else annotation
+        expected, accepts = _SCALARS.get(inner, _SCALARS["Any"])
+        checks[item.name] = (
+            (f"{expected} or null", _or_null(accepts))
+            if optional
+            else (
+                expected,
+                accepts,
+            )
+        )
+    return checks
+
+
+def _or_null(accepts: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: value is None or accepts(value)
 
 
 def _encode(value: Any) -> Any:

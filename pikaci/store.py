@@ -24,8 +24,9 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, TextIO
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, TextIO
 
+from pikaci.confined import parts_below, read_json_below, read_regular
 from pikaci.events import JobLogsMetadata, RunLogsMetadata
 from pikaci.ids import ID_RULE, is_safe_id
 from pikaci.model import (
@@ -47,10 +48,10 @@ JOB_STATUS_FILE = "status.json"
 HOST_LOG = "host.log"
 GUEST_LOG = "guest.log"
 RESULT_FILE = "result.json"
-_SNAPSHOT_NAME = re.compile(r"^[0-9a-f]{64}(-[0-9a-f]{16})?$")
+SNAPSHOT_NAME = re.compile(r"^[0-9a-f]{64}(-[0-9a-f]{16})?$")
 _UPDATE_LOCK = ".lock"
 _ACTIVE_LOCK = ".active"
-_STAGING_PREFIX = ".new-"
+STAGING_PREFIX = ".new-"
 
 
 class StoreError(Exception):
@@ -213,7 +214,7 @@ class RunWriter:
         sees a run directory without its `run.json` or a live run without its lock, even when
         the orchestrator is killed halfway.
         """
-        staging = self.run_dir.with_name(f"{_STAGING_PREFIX}{self.run_dir.name}-{os.getpid()}")
+        staging = self.run_dir.with_name(f"{STAGING_PREFIX}{self.run_dir.name}-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         (staging / "jobs").mkdir(parents=True)
         try:
@@ -298,10 +299,30 @@ def run_is_active(run_dir: Path) -> bool:
 def load_run_record(state: StateRoot, run_id: str) -> RunRecord:
     path = state.run_dir(run_id) / RUN_FILE
     try:
-        data = read_json_object(path)
+        data = read_record(state, path)
     except FileNotFoundError:
         raise RunNotFound(f"run `{run_id}` not found under {state.runs_dir}") from None
-    return RunRecord.from_dict(data, str(path))
+    return _checked_run(RunRecord.from_dict(data, str(path)), run_id, path)
+
+
+def read_record(state: StateRoot, path: Path) -> Dict[str, Any]:
+    """A JSON record of the state root, read without following links; FileNotFoundError when
+    absent, RecordError when unreadable or not a JSON object."""
+    try:
+        if parts_below(state.root, path) is None:
+            # a record may name a file elsewhere (prepared outputs): still no link, FIFO or device
+            return loads_object(read_regular(path), str(path))
+        return read_json_below(state.root, path)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise RecordError(f"{path}: unreadable ({exc.strerror})") from None
+
+
+def _checked_run(run: RunRecord, name: str, path: Path) -> RunRecord:
+    if run.run_id != name:
+        raise RecordError(f"{path}: records run id {run.run_id!r}, not its directory's {name!r}")
+    return run
 
 
 @dataclass
@@ -318,17 +339,33 @@ def list_runs(state: StateRoot) -> RunListing:
     except FileNotFoundError:
         return listing
     for entry in entries:
-        if entry.name.startswith(".") or not entry.is_dir():
+        if entry.name.startswith(".") or entry.is_file(follow_symlinks=False):
+            continue  # runs being created, lock files, notes people leave
+        problem = not_a_run(entry)
+        if problem is not None:
+            listing.problems.append(f"{entry.path}: {problem}")
             continue
         path = Path(entry.path) / RUN_FILE
         try:
-            listing.runs.append(RunRecord.from_dict(read_json_object(path), str(path)))
+            run = RunRecord.from_dict(read_record(state, path), str(path))
+            listing.runs.append(_checked_run(run, entry.name, path))
         except FileNotFoundError:
             listing.problems.append(f"{path}: missing (run directory without a record)")
         except RecordError as exc:
             listing.problems.append(str(exc))
     listing.runs.sort(key=_created_key, reverse=True)
     return listing
+
+
+def not_a_run(entry: os.DirEntry[str]) -> Optional[str]:
+    """Why an entry of `runs/` is not a run directory, or None when it is one."""
+    if entry.is_symlink():
+        return "a symbolic link, not a run directory"
+    if not is_run_id(entry.name):
+        return "not a run id"
+    if not entry.is_dir(follow_symlinks=False):
+        return "not a directory"
+    return None
 
 
 def _created_key(run: RunRecord) -> Any:
@@ -368,10 +405,8 @@ def prepared_outputs_path(state: StateRoot, run: RunRecord) -> Path:
 def load_prepared_outputs(state: StateRoot, run: RunRecord) -> Optional[PreparedOutputsRecord]:
     """None when the run has no record; RecordError when it exists but is corrupt."""
     path = prepared_outputs_path(state, run)
-    if not path.is_file():
-        return None
     try:
-        data = read_json_object(path)
+        data = read_record(state, path)
     except FileNotFoundError:
         return None
     return PreparedOutputsRecord.from_dict(data, str(path))
@@ -393,70 +428,3 @@ def load_run_bundle(
         "logs": load_logs_metadata(state, run).to_dict(),
         "prepared_outputs": prepared,
     }
-
-
-# -- garbage collection -----------------------------------------------------------------------
-
-
-@dataclass
-class GcReport:
-    removed_runs: List[str] = field(default_factory=list)
-    kept_active: List[str] = field(default_factory=list)
-    removed_snapshots: List[str] = field(default_factory=list)
-
-
-def gc_runs(state: StateRoot, keep_runs: int) -> GcReport:
-    """Delete all but the `keep_runs` newest run directories (ids sort chronologically).
-
-    A run whose orchestrator is still alive is never removed. Snapshots that no remaining run
-    references are removed too; doit's saved state may still name one, and the snapshot task
-    then rebuilds it on the next run (its up-to-date check looks for the directory).
-    """
-    if keep_runs < 0:
-        raise StoreError("--keep-runs must be zero or positive")
-    report = GcReport()
-    try:
-        names = sorted(
-            e.name for e in os.scandir(state.runs_dir) if e.is_dir() and not e.name.startswith(".")
-        )
-    except FileNotFoundError:
-        names = []
-    _remove_abandoned_staging(state)
-    doomed = names[: max(0, len(names) - keep_runs)]
-    for name in doomed:
-        run_dir = state.runs_dir / name
-        if run_is_active(run_dir):
-            report.kept_active.append(name)
-            continue
-        shutil.rmtree(run_dir, ignore_errors=True)
-        report.removed_runs.append(name)
-    report.removed_snapshots = _gc_snapshots(state)
-    return report
-
-
-def _remove_abandoned_staging(state: StateRoot) -> None:
-    """Half-created run directories of orchestrators that died before the rename."""
-    with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir(state.runs_dir):
-            if entry.name.startswith(_STAGING_PREFIX) and not run_is_active(Path(entry.path)):
-                shutil.rmtree(entry.path, ignore_errors=True)
-
-
-def _gc_snapshots(state: StateRoot) -> List[str]:
-    # compared by directory name: records may spell the state root through a symlink
-    referenced: Set[str] = set()
-    for run in list_runs(state).runs:
-        paths = [run.snapshot_dir, *(job.snapshot_dir for job in run.jobs)]
-        referenced.update(Path(path).name for path in paths if path)
-    try:
-        entries = [e for e in os.scandir(state.snapshots_dir) if e.is_dir()]
-    except FileNotFoundError:
-        return []
-    removed = []
-    for entry in entries:
-        # only content-addressed snapshots; `.tmp-*` ones are being published right now
-        if not _SNAPSHOT_NAME.fullmatch(entry.name) or entry.name in referenced:
-            continue
-        shutil.rmtree(entry.path, ignore_errors=True)
-        removed.append(entry.name)
-    return sorted(removed)

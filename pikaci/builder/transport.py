@@ -86,7 +86,7 @@ from pikaci.builder.protocol import (
     wait,
 )
 
-# the protocol's outcomes, importable from here as they always were
+# the protocol's outcomes, re-exported: callers import them with the Transport that raises them
 __all__ = [
     "EXIT_MARKER",
     "Builder",

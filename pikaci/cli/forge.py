@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     plan = sub.add_parser(
         "ci-plan", help="which lanes of ci/forge-lanes.toml the changes select, and why"
     )
-    # the options of `doit ci:plan`; --base and --json keep the wording this command has shown
+    # the options of `doit ci:plan`, declared once
     BASE.add_to(plan)
     WORKTREE.add_to(plan)
     NIGHTLY_SWITCH.add_to(plan)

@@ -13,8 +13,6 @@ from pikaci.options import JSON, REMOTE
 
 ERRORS = (incus_config.IncusError, admin.IncusAdminError)
 
-# the doit tasks' --remote, under the shorter help these commands have always shown
-
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     image = sub.add_parser(

@@ -8,17 +8,17 @@ working. Each `*_command` returns the process exit code and writes to the given 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 from typing import BinaryIO, List, Optional, TextIO
 
+from pikaci.confined import open_below
 from pikaci.model import RUN_RUNNING, RecordError, dumps_pretty
+from pikaci.retention import gc_runs
 from pikaci.settings import settings_from_environment
 from pikaci.store import (
     StateRoot,
     StoreError,
-    gc_runs,
     job_log_paths,
     list_runs,
     load_logs_metadata,
@@ -26,6 +26,7 @@ from pikaci.store import (
     load_run_record,
     run_is_active,
 )
+from pikaci.terminal import ControlFilter
 
 _OPTIONAL_STATUS_FIELDS = (
     ("plan", "plan_path"),
@@ -102,6 +103,9 @@ def _gc(args: argparse.Namespace) -> int:
     return gc_command(state_root(args), args.keep_runs, sys.stdout)
 
 
+CHUNK = 1 << 20
+
+
 def list_command(state: StateRoot, out: TextIO, err: TextIO) -> int:
     listing = list_runs(state)
     for problem in listing.problems:
@@ -161,22 +165,38 @@ def logs_command(
         if kind in (name, "both"):
             out.write(f"== {name} ==\n")
             out.flush()
-            _copy_file(path, out)
+            _copy_file(state, path, out)
     return 0
 
 
-def _copy_file(path: Path, out: TextIO) -> None:
+def _copy_file(state: StateRoot, path: Path, out: TextIO) -> None:
+    """A log of the run bundle, opened without following links (a link, FIFO or device in its
+    place is refused); on a terminal, only colour sequences of the lane's output pass."""
     binary: Optional[BinaryIO] = getattr(out, "buffer", None)
     try:
-        handle = open(path, "rb")  # noqa: SIM115 (closed by the with below; open errors differ)
+        handle = open_below(state.root, path)
     except OSError as exc:
         raise StoreError(f"cannot read {path}: {exc.strerror}") from None
+    filtered = ControlFilter() if out.isatty() else None
     with handle:
-        if binary is not None:
-            shutil.copyfileobj(handle, binary)
-            binary.flush()
-        else:
-            out.write(handle.read().decode("utf-8", "replace"))
+        while True:
+            chunk = handle.read(CHUNK)
+            if not chunk:
+                break
+            if filtered is not None:
+                chunk = filtered.feed(chunk)
+            _write(out, binary, chunk)
+        if filtered is not None:
+            _write(out, binary, filtered.close())
+    if binary is not None:
+        binary.flush()
+
+
+def _write(out: TextIO, binary: Optional[BinaryIO], data: bytes) -> None:
+    if binary is not None:
+        binary.write(data)
+    else:
+        out.write(data.decode("utf-8", "replace"))
 
 
 def prepared_outputs_command(state: StateRoot, run_id: str, as_json: bool, out: TextIO) -> int:
@@ -218,4 +238,6 @@ def gc_command(state: StateRoot, keep_runs: int, out: TextIO) -> int:
         for run_id in report.kept_active:
             out.write(f"{run_id}\n")
     out.write(f"removed_snapshots={len(report.removed_snapshots)}\n")
+    for problem in report.skipped:
+        sys.stderr.write(f"pikaci: gc: skipped {problem}\n")
     return 0

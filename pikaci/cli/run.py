@@ -13,6 +13,7 @@ from typing import List, Sequence
 
 from pikaci.catalog import Catalog
 from pikaci.model import RUN_FAILED, RUN_SKIPPED
+from pikaci.plan import lane_task, target_task
 from pikaci.settings import OUTPUT_MODES, Settings, settings_from_environment
 from pikaci.store import StateRoot, load_run_record
 from pikaci.tasks.loader import DodoFileError, load_catalog, run_doit
@@ -90,7 +91,7 @@ def rerun_command(args: argparse.Namespace) -> int:
     # a private dep file: a rerun executes everything and leaves doit's state alone
     with tempfile.TemporaryDirectory(prefix="pikaci-rerun-") as scratch:
         settings.dep_file = Path(scratch) / "doit.sqlite3"
-        return _run(catalog, settings, [f"lane:{lane}" for lane in lanes], args)
+        return _run(catalog, settings, [lane_task(lane) for lane in lanes], args)
 
 
 def _task_names(catalog: Catalog, jobs: Sequence[str]) -> List[str]:
@@ -107,9 +108,9 @@ def _task_names(catalog: Catalog, jobs: Sequence[str]) -> List[str]:
         ):
             names.append(job)
         elif not ident and catalog.target(job) is not None:
-            names.append(f"target:{job}")
+            names.append(target_task(job))
         elif not ident and catalog.lane(job) is not None:
-            names.append(f"lane:{job}")
+            names.append(lane_task(job))
         else:
             raise UsageError(f"unknown job `{job}`")
     return names

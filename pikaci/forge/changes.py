@@ -3,11 +3,11 @@ ref and HEAD, optionally with the work tree's changes."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
+
+from pikaci.git import GitError, git_output
 
 
 class ChangeSetError(ValueError):
@@ -81,21 +81,10 @@ def changed_paths(root: Path, base: Optional[str], include_worktree: bool = Fals
 
 
 def _git(root: Path, *args: str) -> Optional[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE")}
-    env["GIT_OPTIONAL_LOCKS"] = "0"  # read-only: never take index.lock
     try:
-        proc = subprocess.run(
-            ["git", "-C", str(root), *args],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            env=env,
-            check=False,
-        )
-    except OSError as exc:
-        raise ChangeSetError(f"cannot run git: {exc}") from None
-    if proc.returncode != 0:
-        return None
-    return os.fsdecode(proc.stdout)
+        return git_output(root, *args)
+    except GitError as exc:
+        raise ChangeSetError(str(exc)) from None
 
 
 def _names(root: Path, *args: str) -> List[str]:

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Pattern, Sequence, Tuple
 
 from pikaci.forge.globs import GlobError, compile_glob
 from pikaci.ids import ID_RULE, is_safe_id
+from pikaci.plan import target_task
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,6 +37,8 @@ LANE_KEYS = (
     "concurrency_group",
     "staged_linux_target",
 )
+TOP_LEVEL_KEYS = ("version", "nightly_schedule_utc", BRANCH, NIGHTLY)
+SECTION_KEYS = ("lanes",)
 _SCHEDULE = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 
 
@@ -63,7 +66,7 @@ class ForgeLane:
     def runs(self) -> str:
         """What the lane runs, for plans: its staged target, or its command line."""
         if self.staged_linux_target is not None:
-            return f"target:{self.staged_linux_target}"
+            return target_task(self.staged_linux_target)
         return shlex.join(self.command)
 
     def first_match(self, changed: Sequence[str]) -> Optional[Tuple[str, str]]:
@@ -112,10 +115,14 @@ def load_manifest(path: Path, label: Optional[str] = None) -> ForgeManifest:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ForgeManifestError(f"{name}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise ForgeManifestError(f"{name}: invalid TOML: nested too deeply") from None
     return parse_manifest(data, name)
 
 
 def parse_manifest(data: Mapping[str, Any], name: str = MANIFEST_PATH) -> ForgeManifest:
+    # a misspelt section or key would otherwise drop lanes without a word
+    _refuse_unknown(data, TOP_LEVEL_KEYS, name)
     version = data.get("version")
     if isinstance(version, bool) or version != MANIFEST_VERSION:
         raise ForgeManifestError(f"{name}: key `version` must be 1, got {version!r}")
@@ -138,6 +145,7 @@ def _section(data: Mapping[str, Any], kind: str, name: str) -> Tuple[ForgeLane, 
     table = data.get(kind, {})
     if not isinstance(table, dict):
         raise ForgeManifestError(f"{name}: key `{kind}` must be a table")
+    _refuse_unknown(table, SECTION_KEYS, f"{name}: [{kind}]")
     entries = table.get("lanes", [])
     if not isinstance(entries, list):
         raise ForgeManifestError(f"{name}: key `{kind}.lanes` must be an array of tables")
@@ -173,12 +181,8 @@ def _lane(entry: Any, kind: str, index: int, name: str) -> ForgeLane:
             f"{name}: {kind}.lanes[{index}]: key `id` must be a non-empty string"
         )
     where = f"{name}: {kind} lane `{lane_id}`"
-    unknown = sorted(set(entry) - set(LANE_KEYS))
-    if unknown:
-        # a misspelt `paths` would otherwise make the lane run on every change
-        raise ForgeManifestError(
-            f"{where}: unknown key `{unknown[0]}` (expected one of {', '.join(LANE_KEYS)})"
-        )
+    # a misspelt `paths` would otherwise make the lane run on every change
+    _refuse_unknown(entry, LANE_KEYS, where)
     title = _optional_str(entry, "title", where)
     entrypoint = _optional_str(entry, "entrypoint", where)
     group = _optional_str(entry, "concurrency_group", where)
@@ -201,6 +205,9 @@ def _lane(entry: Any, kind: str, index: int, name: str) -> ForgeLane:
         )
     matchers = []
     for pattern in paths:
+        problem = _never_matches(pattern)
+        if problem is not None:
+            raise ForgeManifestError(f"{where}: key `paths`: {pattern!r} {problem}")
         try:
             matchers.append((pattern, compile_glob(pattern)))
         except GlobError as exc:
@@ -216,6 +223,25 @@ def _lane(entry: Any, kind: str, index: int, name: str) -> ForgeLane:
         staged_linux_target=target,
         matchers=tuple(matchers),
     )
+
+
+def _never_matches(pattern: str) -> Optional[str]:
+    """Why a path filter can never match a changed path (repository-relative, normalised)."""
+    if not pattern:
+        return "is empty and can never match"
+    if pattern.startswith("/"):
+        return "is absolute; changed paths are relative to the repository root"
+    if ".." in pattern.split("/") or "." in pattern.split("/"):
+        return "has a `.` or `..` component; changed paths never do"
+    return None
+
+
+def _refuse_unknown(table: Mapping[str, Any], known: Sequence[str], where: str) -> None:
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ForgeManifestError(
+            f"{where}: unknown key `{unknown[0]}` (expected one of {', '.join(known)})"
+        )
 
 
 def _optional_str(entry: Mapping[str, Any], key: str, where: str) -> Optional[str]:

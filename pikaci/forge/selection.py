@@ -18,6 +18,7 @@ from pikaci.forge.manifest import (
     NIGHTLY,
     ForgeLane,
     ForgeManifest,
+    ForgeManifestError,
     load_manifest,
 )
 from pikaci.options import Option
@@ -133,6 +134,12 @@ class ForgePlan:
 def compute_plan(source_root: Path, kind: str, base: Optional[str], worktree: bool) -> ForgePlan:
     """Manifest, change set and selections; raises ForgeManifestError or ChangeSetError."""
     manifest = load_manifest(source_root / MANIFEST_PATH, MANIFEST_PATH)
+    declared = manifest.nightly_lanes if kind == NIGHTLY else manifest.branch_lanes
+    if not declared:
+        # an empty plan would pass CI with nothing run
+        raise ForgeManifestError(
+            f"{manifest.path}: declares no {kind} lanes (`[[{kind}.lanes]]`): nothing would run"
+        )
     if kind == NIGHTLY:
         return ForgePlan(kind, manifest, None, select_nightly(manifest))
     changes = changed_paths(source_root, base or None, worktree)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
+import re
 import shlex
+import string
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import (
@@ -32,11 +34,7 @@ from typing import (
 import orjson
 
 from pikaci.incus.config import (
-    ALNUM,
     DEVICE_NAME_MAX,
-    DEVICE_NAME_PATTERN,
-    FNV_OFFSET,
-    FNV_PRIME,
     GUEST_REQUEST_PATH,
     GUEST_WORKSPACE,
     INSTANCE_PREFIX,
@@ -46,7 +44,6 @@ from pikaci.incus.config import (
     READ_ONLY_IO_BUS,
     READY_PROBE,
     RUNNER_PATH,
-    U64,
     IncusError,
     IncusSettings,
 )
@@ -54,6 +51,14 @@ from pikaci.model import IncusImage
 from pikaci.timestamps import parse_timestamp
 
 # -- names ----------------------------------------------------------------------------------
+
+
+# device names: FNV-1a 64 over the mount's identity, as the system pikaci replaces names them
+_DEVICE_NAME_PATTERN = re.compile(r"^[a-z0-9-]+$")
+_ALNUM = frozenset(string.ascii_letters + string.digits)
+_FNV_OFFSET = 0xCBF29CE484222325
+_FNV_PRIME = 0x100000001B3
+_U64 = (1 << 64) - 1
 
 
 def instance_name(run_id: str, job_id: str) -> str:
@@ -65,14 +70,14 @@ def instance_name(run_id: str, job_id: str) -> str:
 def sanitize_component(value: str) -> str:
     """ASCII letters and digits lowercased, anything else `-`, outer dashes trimmed. Runs of
     dashes are kept: the reference hashes were made without collapsing them."""
-    mapped = "".join(ch.lower() if ch in ALNUM else "-" for ch in value)
+    mapped = "".join(ch.lower() if ch in _ALNUM else "-" for ch in value)
     return mapped.strip("-")
 
 
 def fnv1a_64(data: bytes) -> int:
-    value = FNV_OFFSET
+    value = _FNV_OFFSET
     for byte in data:
-        value = ((value ^ byte) * FNV_PRIME) & U64
+        value = ((value ^ byte) * _FNV_PRIME) & _U64
     return value
 
 
@@ -98,7 +103,7 @@ def payload_device_name(kind: str, mount_name: str) -> str:
 
 def check_device_name(name: str) -> str:
     """`name` if Incus accepts it as pikaci uses it: at most 20 chars of `[a-z0-9-]`."""
-    if len(name) > DEVICE_NAME_MAX or DEVICE_NAME_PATTERN.fullmatch(name) is None:
+    if len(name) > DEVICE_NAME_MAX or _DEVICE_NAME_PATTERN.fullmatch(name) is None:
         raise IncusError(
             f"invalid Incus device name {name!r}: want at most {DEVICE_NAME_MAX} chars of [a-z0-9-]"
         )

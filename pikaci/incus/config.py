@@ -3,8 +3,6 @@ paths and lifecycle files, and the vocabulary the commands are built from."""
 
 from __future__ import annotations
 
-import re
-import string
 from dataclasses import dataclass
 from typing import (
     Mapping,
@@ -68,12 +66,7 @@ LIFECYCLE_FILES: Tuple[Tuple[str, str], ...] = (
 
 # device names: Incus's limit as the system pikaci replaces enforced it
 DEVICE_NAME_MAX = 20
-DEVICE_NAME_PATTERN = re.compile(r"^[a-z0-9-]+$")
 MOUNT_KINDS = ("persist", "snapshot", "artifact", "cache")
-ALNUM = frozenset(string.ascii_letters + string.digits)
-FNV_OFFSET = 0xCBF29CE484222325
-FNV_PRIME = 0x100000001B3
-U64 = (1 << 64) - 1
 
 # environment
 ENV_PROJECT = "PIKACI_INCUS_PROJECT"

@@ -143,7 +143,7 @@ def quote_argv(words: Sequence[str]) -> str:
     return shlex.join(list(words))
 
 
-def failure(host: IncusHost, what: str, result: HostResult) -> IncusRuntimeError:
+def command_failed(host: IncusHost, what: str, result: HostResult) -> IncusRuntimeError:
     lines = [line.strip() for line in result.text.splitlines() if line.strip()]
     tail = lines[-1][:300] if lines else ""
     return IncusRuntimeError(
@@ -155,7 +155,7 @@ def run_checked(host: IncusHost, label: str, argv: Sequence[str], **kwargs: Any)
     """One incus command; a non-zero exit is an IncusRuntimeError naming it."""
     done = host.script(label, quote_argv(argv), **kwargs)
     if done.exit_code != 0:
-        raise failure(host, label, done)
+        raise command_failed(host, label, done)
     return done
 
 

@@ -12,6 +12,7 @@ from typing import IO, Any, Dict
 
 from pikaci.model import RUN_FAILED, RunRecord, dumps_line, dumps_pretty
 from pikaci.store import StateRoot
+from pikaci.terminal import strip_controls_text
 
 
 class Console:
@@ -19,7 +20,8 @@ class Console:
         self.output = output  # human | json | jsonl
         self.stdout: IO[str] = sys.stdout
         self.stderr: IO[str] = sys.stderr
-        self._lock = threading.Lock()
+        # re-entrant: the signal handler writes a line while the main thread may be mid-write
+        self._lock = threading.RLock()
 
     @property
     def stream(self) -> IO[str]:
@@ -27,9 +29,21 @@ class Console:
         return self.stdout if self.output == "human" else self.stderr
 
     def line(self, text: str) -> None:
+        """One line for people; on a terminal a lane's control sequences (titles, cursor
+        movement, clearing) are dropped and only its colours pass."""
+        stream = self.stream
+        if self._is_terminal(stream):
+            text = strip_controls_text(text)
         with self._lock:
-            self.stream.write(text + "\n")
-            self.stream.flush()
+            stream.write(text + "\n")
+            stream.flush()
+
+    @staticmethod
+    def _is_terminal(stream: IO[str]) -> bool:
+        try:
+            return stream.isatty()
+        except (AttributeError, ValueError):
+            return False
 
     def warn(self, text: str) -> None:
         with self._lock:

@@ -351,12 +351,12 @@ class RunSession:
             self._commit(run, [job], lambda r: mark_failed_early(r, job))
         self.out.event(job_event("job_finished", run.run_id, job))
 
-    def job_reused(self, target: Target, lane: Lane, inputs: LaneInputs, passed_run: str) -> None:
+    def job_reused(self, target: Target, lane: Lane, inputs: LaneInputs, passed_run: str) -> bool:
         """The lane's inputs are unchanged since it passed in `passed_run`: record the reuse,
-        run nothing."""
+        run nothing. False when no open run plans the lane (nothing was recorded)."""
         run = self.run
         if run is None or lane.id not in run.jobs:
-            return
+            return False
         # the logs and artifacts that prove the pass are the executing run's; a reused job
         # adds only its status.json here
         job = self._new_job(run, target, lane, logs_from=passed_run)
@@ -380,6 +380,7 @@ class RunSession:
             run.background.append(self._writer().submit(run.writer.write_job_file, job))
         self.out.event(job_event("job_started", run.run_id, job))
         self.out.event(job_event("job_finished", run.run_id, job))
+        return True
 
     def prepare_finished(
         self, node_id: str, started_at: str, finished_at: str, error: Optional[str]

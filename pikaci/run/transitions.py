@@ -7,7 +7,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 from pikaci.catalog import Lane, Target
 from pikaci.model import RUN_FAILED, RUN_PASSED, RUN_RUNNING, RUN_SKIPPED, JobRecord, RunRecord
-from pikaci.plan import LaneInputs
+from pikaci.plan import LaneInputs, execute_node
 from pikaci.store import GUEST_LOG, HOST_LOG
 from pikaci.timestamps import now_timestamp
 
@@ -21,7 +21,7 @@ def new_job(target: Target, lane: Lane, job_dir: Path) -> JobRecord:
         executor=lane.execution.executor,
         placement=lane.execution.placement,
         runtime=lane.execution.runtime,
-        plan_node_id=f"execute-{lane.id}",
+        plan_node_id=execute_node(lane.id),
         timeout_secs=lane.timeout_secs,
         host_log_path=str(job_dir / HOST_LOG),
         guest_log_path=str(job_dir / "artifacts" / GUEST_LOG),

@@ -19,6 +19,7 @@ from typing import Dict, Iterator
 from pikaci.model import RUN_PASSED, RecordError, TerminalResult
 from pikaci.runtimes.base import JobContext, Outcome, write_result
 from pikaci.runtimes.process import run_streamed
+from pikaci.runtimes.reaping import reaped
 from pikaci.store import file_lock, read_json_object, write_json
 
 SHELL = ("/bin/bash", "--noprofile", "--norc", "-lc")
@@ -38,7 +39,7 @@ class HostProcessRuntime:
             ctx.host_log.note(f"workspace: {workspace}")
             started = time.monotonic()
             exit_code, timed_out = run_streamed(
-                ctx, [*SHELL, lane.command], lane.timeout_secs, cwd=workspace, env=env
+                ctx, reaped([*SHELL, lane.command]), lane.timeout_secs, cwd=workspace, env=env
             )
             elapsed = time.monotonic() - started
         if timed_out:

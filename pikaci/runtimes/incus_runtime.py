@@ -33,7 +33,7 @@ from pikaci.builder.layout import RemoteLayout
 from pikaci.builder.transport import RemoteCommandError
 from pikaci.incus import commands as incus
 from pikaci.incus import config as incus_config
-from pikaci.incus.hosts import BuilderHost, IncusHost, LocalHost, failure, quote_argv, reap
+from pikaci.incus.hosts import BuilderHost, IncusHost, LocalHost, command_failed, quote_argv, reap
 from pikaci.model import IncusImage, PhaseTiming, RemoteLinuxVmExecution, dumps_pretty
 from pikaci.runtimes.base import JobContext, Outcome
 from pikaci.runtimes.guest_layout import (
@@ -177,7 +177,7 @@ def _prepare(
     reap(host, settings, _reap_after_secs(), ctx.host_log.note, keep_run_ids=(ctx.run_id,))
     listed = host.script("image identity", quote_argv(incus.image_list_argv(settings)))
     if listed.exit_code != 0:
-        raise failure(host, f"incus image list {settings.image_alias}", listed)
+        raise command_failed(host, f"incus image list {settings.image_alias}", listed)
     image = incus.parse_image_identity(listed.text, settings)
     ctx.host_log.note(f"image {image.alias} in project {image.project}: {image.fingerprint}")
     owner = incus.owner_config(ctx.run_id, now_timestamp())
@@ -209,7 +209,7 @@ def _prepare(
     limit = 2 * bound + 300  # init, devices and start come on top of the readiness wait
     done = host.script("prepare instance", "\n".join(lines), timeout_secs=limit)
     if done.exit_code != 0:
-        raise failure(host, f"preparing instance {instance}", done)
+        raise command_failed(host, f"preparing instance {instance}", done)
     return image
 
 
@@ -229,7 +229,7 @@ def _write_request(
     argv = incus.write_file_argv(settings, instance, incus_config.GUEST_REQUEST_PATH)
     done = host.script("write guest request", quote_argv(argv), stdin=request)
     if done.exit_code != 0:
-        raise failure(host, "writing the guest request", done)
+        raise command_failed(host, "writing the guest request", done)
 
 
 def _run_guest(
@@ -259,7 +259,7 @@ def _pull_run_dir(
     )
     done = host.script("collect guest files", quote_argv(argv))
     if done.exit_code != 0:
-        raise failure(host, "collecting the guest's files", done)
+        raise command_failed(host, "collecting the guest's files", done)
     staging = runtime_dir(ctx)
     staging.mkdir(parents=True, exist_ok=True)
     extract_archive(done.stdout, staging, ctx.host_log.note)

@@ -14,6 +14,7 @@ from pikaci.builder.connect import connect
 from pikaci.builder.layout import RemoteLayout
 from pikaci.builder.snapshots import PublishResult, hold_snapshot, publish_snapshot, snapshot_upload
 from pikaci.builder.transport import Builder, Transport, TransportError
+from pikaci.plan import execute_task
 from pikaci.runtimes.base import JobContext
 
 Log = Callable[[str], None]
@@ -45,7 +46,8 @@ def publish_lane_snapshot(
             else "already there"
         )
     )
-    ctx.record_upload(snapshot_upload(host, ctx.snapshot_id, f"execute:{ctx.lane.id}", published))
+    node = execute_task(ctx.lane.id)
+    ctx.record_upload(snapshot_upload(host, ctx.snapshot_id, node, published))
     return published
 
 

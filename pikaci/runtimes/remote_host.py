@@ -18,6 +18,7 @@ from typing import Dict
 from pikaci.builder.layout import RemoteLayout
 from pikaci.model import RUN_PASSED, RecordError, TerminalResult
 from pikaci.runtimes.base import JobContext, Outcome, write_result
+from pikaci.runtimes.reaping import reaper_source
 from pikaci.runtimes.remote_common import (
     extract_archive,
     leased_snapshot,
@@ -28,6 +29,10 @@ from pikaci.runtimes.remote_common import (
 from pikaci.store import read_json_object
 
 TIMED_OUT = 124
+NO_PYTHON = (
+    "pikaci: this builder has no python3; remote host-process lanes run under pikaci's reaper "
+    "(Python 3.9+), which stops whatever a lane leaves running"
+)
 
 
 class RemoteHostProcessRuntime:
@@ -94,7 +99,11 @@ def _lane_script(ctx: JobContext, job: str) -> str:
         **dict(ctx.lane.env),
     }
     exports = " ".join(f"{name}={_q(value)}" for name, value in env.items())
+    # under the reaper, as local host lanes: what the lane starts in a session of its own
+    # (setsid, daemons) is stopped with it instead of outliving it on the builder
     return (
+        f"command -v python3 >/dev/null || {{ echo {_q(NO_PYTHON)} >&2; exit 127; }}; "
         f"cd {_q(job)}/workspace && export {exports} && "
-        f"exec bash --noprofile --norc -lc {_q(ctx.lane.command)}"
+        f"exec python3 -I -S -c {_q(reaper_source())} "
+        f"bash --noprofile --norc -lc {_q(ctx.lane.command)}"
     )

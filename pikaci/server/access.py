@@ -1,8 +1,10 @@
 """Reading run bundles for the server, confined to each repository's state root.
 
-Ids are validated before any disk access, and every path is resolved with realpath and must stay
-inside the repository's state root, so neither `..` nor a symlink can make the server read another
-file. Both the JSON API and the web pages read through here.
+Ids are validated before any disk access, and every file is opened through `pikaci.confined`:
+component by component below the repository's state root, never following a link and only ever
+a regular file, so neither `..`, a symlink (also one swapped in at any moment) nor a FIFO can
+make the server read another file or hang. Both the JSON API and the web pages read through
+here.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, BinaryIO, Dict, List, Optional, Tuple, Union
 
 import bottle
 import orjson
 
+from pikaci.confined import RefusedFile, open_below, read_json_below
 from pikaci.ids import ID_RULE, is_safe_id
 from pikaci.model import (
     RUN_RUNNING,
@@ -29,11 +32,11 @@ from pikaci.model import (
     RunRecord,
 )
 from pikaci.store import (
+    PREPARED_OUTPUTS_FILE,
     RUN_FILE,
     StateRoot,
     job_log_paths,
     prepared_outputs_path,
-    read_json_object,
     run_is_active,
 )
 from pikaci.timestamps import is_run_id, parse_timestamp
@@ -101,6 +104,28 @@ class RunCache:
 
 
 @dataclass(frozen=True)
+class BundleFile:
+    """A file of a run bundle, read only through `confined`."""
+
+    root: Path
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def open(self) -> BinaryIO:
+        return open_below(self.root, self.path)
+
+    def readable(self) -> bool:
+        try:
+            self.open().close()
+        except OSError:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
 class Repo:
     slug: str
     state: StateRoot
@@ -111,14 +136,21 @@ class Repo:
     def of(cls, slug: str, state: StateRoot) -> Repo:
         return cls(slug, state, os.path.realpath(state.root))
 
-    def inside(self, path: Path) -> bool:
-        real = os.path.realpath(path)
-        return real == self.real_root or real.startswith(self.real_root + os.sep)
+    def file(self, path: Path) -> BundleFile:
+        return BundleFile(self.state.root, path)
 
-    def checked(self, path: Path, what: str) -> Path:
-        if not self.inside(path):
-            raise ApiError(404, f"{what} is outside the state root")
-        return path
+    def read_record(self, path: Path, label: str) -> Dict[str, Any]:
+        """A JSON record below the root; FileNotFoundError, or RecordError naming `label`."""
+        try:
+            return read_json_below(self.state.root, path)
+        except RefusedFile as exc:
+            raise RecordError(f"{label}: unreadable ({exc.strerror})") from None
+        except RecordError as exc:
+            raise RecordError(f"{label}: {str(exc).split(': ', 1)[-1]}") from None
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise RecordError(f"{label}: unreadable ({exc.strerror})") from None
 
     def relative(self, text: str) -> str:
         # problems name files; clients need the place inside the root, not the server's layout
@@ -166,19 +198,20 @@ def status_param() -> Optional[str]:
 def run_dir(repo: Repo, run_id: str) -> Path:
     if not is_run_id(run_id):
         raise ApiError(400, f"invalid run id {run_id!r}: expected YYYYmmddTHHMMSSZ-<8 hex>")
-    return repo.checked(repo.state.runs_dir / run_id, f"run `{run_id}`")
+    return repo.state.runs_dir / run_id
 
 
 def load_run(repo: Repo, run_id: str) -> RunRecord:
-    path = run_dir(repo, run_id) / RUN_FILE
-    if not repo.inside(path):
-        raise ApiError(404, f"run `{run_id}` not found")
+    label = f"runs/{run_id}/{RUN_FILE}"
     try:
-        return RunRecord.from_dict(read_json_object(path), f"runs/{run_id}/{RUN_FILE}")
+        run = RunRecord.from_dict(repo.read_record(run_dir(repo, run_id) / RUN_FILE, label), label)
     except FileNotFoundError:
         raise ApiError(404, f"run `{run_id}` not found") from None
     except RecordError as exc:
         raise ApiError(404, repo.relative(str(exc))) from None
+    if run.run_id != run_id:
+        raise ApiError(404, f"{label}: records run id {run.run_id!r}")
+    return run
 
 
 def scan_runs(repo: Repo) -> Tuple[List[RunRecord], List[str]]:
@@ -189,14 +222,12 @@ def scan_runs(repo: Repo) -> Tuple[List[RunRecord], List[str]]:
         entries = sorted(os.scandir(repo.state.runs_dir), key=lambda entry: entry.name)
     except FileNotFoundError:
         return runs, problems
-    # the runs directory itself inside the root makes a plain (non-symlink) child inside too
-    runs_inside = repo.inside(repo.state.runs_dir)
     runs_dir = str(repo.state.runs_dir)
     fresh: Dict[str, CachedRun] = {}
     for entry in entries:
         if entry.name.startswith("."):
             continue  # runs being created, and lock files
-        parsed = _scan_one(repo, entry, runs_dir, runs_inside, fresh)
+        parsed = _scan_one(repo, entry, runs_dir, fresh)
         if isinstance(parsed, str):
             problems.append(parsed)
         else:
@@ -210,7 +241,6 @@ def _scan_one(
     repo: Repo,
     entry: os.DirEntry[str],
     runs_dir: str,
-    runs_inside: bool,
     fresh: Dict[str, CachedRun],
 ) -> Parsed:
     name = entry.name
@@ -225,21 +255,23 @@ def _scan_one(
         return f"{where}/{RUN_FILE}: missing (run directory without a record)"
     except NotADirectoryError:
         return f"{where}: not a run directory"
-    plain = runs_inside and not entry.is_symlink() and not stat.S_ISLNK(info.st_mode)
-    if not plain and not repo.inside(Path(path)):
-        return f"{where}: outside the state root"
+    if entry.is_symlink():
+        return f"{where}: a symbolic link, never followed (it could lead outside the state root)"
+    if not stat.S_ISREG(info.st_mode):
+        return f"{where}/{RUN_FILE}: not a regular file"
+    # the cache only saves parsing: the file is still opened through `confined` when it changed
     key = (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size)
-    cached = repo.cache.lookup(name, key) if plain else None
+    cached = repo.cache.lookup(name, key)
     if cached is None:
         cached = CachedRun(key, _parse_run(repo, Path(path), name, where))
-    if plain:
-        fresh[name] = cached
+    fresh[name] = cached
     return cached.parsed
 
 
 def _parse_run(repo: Repo, path: Path, name: str, where: str) -> Parsed:
     try:
-        run = RunRecord.from_dict(read_json_object(path), f"{where}/{RUN_FILE}")
+        label = f"{where}/{RUN_FILE}"
+        run = RunRecord.from_dict(repo.read_record(path, label), label)
     except FileNotFoundError:
         return f"{where}/{RUN_FILE}: missing (run directory without a record)"
     except RecordError as exc:
@@ -338,10 +370,9 @@ def job_running(repo: Repo, run: RunRecord, job: JobRecord) -> bool:
 def load_prepared(repo: Repo, run: RunRecord) -> Optional[Dict[str, Any]]:
     """The record, or None when it is absent, corrupt or outside the state root."""
     path = prepared_outputs_path(repo.state, run)
-    if not repo.inside(path) or not path.is_file():
-        return None
     try:
-        return PreparedOutputsRecord.from_dict(read_json_object(path), str(path)).to_dict()
+        data = repo.read_record(path, PREPARED_OUTPUTS_FILE)
+        return PreparedOutputsRecord.from_dict(data, str(path)).to_dict()
     except (FileNotFoundError, RecordError):
         return None
 
@@ -349,157 +380,6 @@ def load_prepared(repo: Repo, run: RunRecord) -> Optional[Dict[str, Any]]:
 # -- logs -----------------------------------------------------------------------------------------
 
 
-def log_path(repo: Repo, run: RunRecord, job: JobRecord, kind: str) -> Path:
+def log_path(repo: Repo, run: RunRecord, job: JobRecord, kind: str) -> BundleFile:
     host, guest = job_log_paths(repo.state, run, job)
-    return repo.checked(host if kind == "host" else guest, f"{kind} log of job `{job.id}`")
-
-
-def open_log(path: Path) -> BinaryIO:
-    """Open a log for reading; a FIFO or device in its place must not block or stream forever."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise ApiError(404, f"cannot read {path.name}: {exc.strerror}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise ApiError(404, f"cannot read {path.name}: not a regular file")
-    return os.fdopen(fd, "rb")
-
-
-def read_log_end(path: Path) -> Optional[str]:
-    """The log (its last LOG_CAP bytes when longer); None when it was never created."""
-    try:
-        with open_log(path) as handle:
-            size = os.fstat(handle.fileno()).st_size
-            handle.seek(max(0, size - LOG_CAP))
-            return handle.read(LOG_CAP).decode("utf-8", "replace")
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise ApiError(404, f"cannot read {path.name}: {exc.strerror}") from None
-
-
-@dataclass(frozen=True)
-class LogPage:
-    start: int  # the first byte shown
-    end: int  # the byte after the last one shown: where the next page continues
-    text: str
-    size: int
-    # nothing complete is left after `end`: at most a last line still being written, held back
-    caught_up: bool = True
-
-
-def read_log_chunk(path: Path, offset: int, limit: int) -> LogPage:
-    """`limit` bytes from `offset`, ending on a character boundary; a missing log is empty."""
-    try:
-        with open_log(path) as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if offset > size:
-                raise ApiError(400, f"offset {offset} is past the end of the log ({size} bytes)")
-            handle.seek(offset)
-            chunk = handle.read(limit)
-    except FileNotFoundError:
-        if offset:
-            raise ApiError(400, f"offset {offset} is past the end of the log (0 bytes)") from None
-        return LogPage(0, 0, "", 0)
-    except OSError as exc:
-        raise ApiError(404, f"cannot read {path.name}: {exc.strerror}") from None
-    text, used = decode_prefix(chunk)
-    size = max(size, offset + len(chunk))
-    return LogPage(offset, offset + used, text, size, caught_up=offset + used >= size)
-
-
-def _skip_partial_line(before: bytes, raw: bytes) -> int:
-    """How many bytes of `raw` belong to a line that started before it (0 when at a line start,
-    or when the line fills all of `raw`: a long line is shown cut rather than not at all)."""
-    if before in (b"", b"\n"):
-        return 0
-    cut = raw.find(b"\n")
-    return cut + 1 if cut != -1 and cut + 1 < len(raw) else 0
-
-
-def read_log_page(
-    path: Path, offset: int, limit: int, align: bool = True, hold_partial: bool = False
-) -> LogPage:
-    """At most `limit` bytes from `offset`, cut after the last newline unless no newline is in
-    them (one line longer than `limit`) or the log ends there.
-
-    `align`: a page asked to start inside a line starts at the next line instead. Pages chained by
-    `end` (with align=False) show every byte once. `hold_partial`: a last line without its
-    newline yet is held back (a live tail renders whole lines only).
-    """
-    try:
-        with open_log(path) as handle:
-            size = os.fstat(handle.fileno()).st_size
-            offset = min(offset, size)
-            first = max(0, offset - 1)
-            handle.seek(first)
-            raw = handle.read(limit + (offset - first))
-    except FileNotFoundError:
-        return LogPage(0, 0, "", 0)
-    size = max(size, first + len(raw))
-    before, raw = raw[: offset - first], raw[offset - first :]
-    if align:
-        skip = _skip_partial_line(before, raw)
-        raw, offset = raw[skip:], offset + skip
-    # caught up: only a line still being written (held back) may remain after the page
-    reaches_end = offset + len(raw) >= size
-    if (not reaches_end or hold_partial) and b"\n" in raw:
-        raw = raw[: raw.rfind(b"\n") + 1]
-    elif hold_partial and reaches_end and len(raw) < limit:
-        raw = b""  # only a line still being written: wait for its newline
-    text, used = decode_prefix(raw)
-    return LogPage(offset, offset + used, text, size, caught_up=reaches_end)
-
-
-def read_log_page_before(path: Path, end: int, limit: int) -> LogPage:
-    """The page that ends at `end`: at most `limit` bytes before it, from a line start when one
-    is in them. Chaining by `start` walks back to the start of the log without a gap."""
-    try:
-        with open_log(path) as handle:
-            size = os.fstat(handle.fileno()).st_size
-            end = min(end, size)
-            start = max(0, end - limit)
-            first = max(0, start - 1)
-            handle.seek(first)
-            raw = handle.read(end - first)
-    except FileNotFoundError:
-        return LogPage(0, 0, "", 0)
-    before, raw = raw[: start - first], raw[start - first :]
-    skip = _skip_partial_line(before, raw)
-    text = raw[skip:].decode("utf-8", "replace")
-    return LogPage(start + skip, end, text, size, caught_up=end >= size)
-
-
-def decode_prefix(chunk: bytes) -> Tuple[str, int]:
-    """Decode `chunk`, leaving a UTF-8 sequence cut by the chunk's end for the next call."""
-    try:
-        return chunk.decode("utf-8"), len(chunk)
-    except UnicodeDecodeError as exc:
-        if exc.reason == "unexpected end of data" and exc.start >= len(chunk) - 3 and exc.start:
-            return chunk[: exc.start].decode("utf-8", "replace"), exc.start
-        return chunk.decode("utf-8", "replace"), len(chunk)
-
-
-def stream_log(path: Path) -> Tuple[int, Iterator[bytes]]:
-    """The log's size now and its bytes up to that size, read STREAM_CHUNK at a time.
-
-    A running job's log keeps growing; the response ends at the size it had when it was opened,
-    so Content-Length stays true and memory stays at one chunk whatever the log's size.
-    """
-    handle = open_log(path)
-    size = os.fstat(handle.fileno()).st_size
-
-    def chunks() -> Iterator[bytes]:
-        with handle:
-            left = size
-            while left > 0:
-                data = handle.read(min(STREAM_CHUNK, left))
-                if not data:
-                    return
-                left -= len(data)
-                yield data
-
-    return size, chunks()
+    return repo.file(host if kind == "host" else guest)

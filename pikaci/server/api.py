@@ -30,12 +30,14 @@ from pikaci.server.access import (
     load_run,
     log_path,
     page_of_runs,
-    read_log_chunk,
-    read_log_end,
     status_param,
-    stream_log,
 )
 from pikaci.server.auth import TokenSet
+from pikaci.server.logs import (
+    read_log_chunk,
+    read_log_end,
+    stream_log,
+)
 from pikaci.store import load_logs_metadata
 
 API_PREFIX = "/api/repos"
@@ -61,7 +63,7 @@ def install_api(app: bottle.Bottle, known: Mapping[str, Repo], tokens: TokenSet)
     def api(handler: Handler) -> Handler:
         @functools.wraps(handler)
         def wrapper(**kwargs: Any) -> bottle.HTTPResponse:
-            problem = tokens.check(bottle.request.get_header("Authorization"))
+            problem = tokens.check(bottle.request.environ.get("HTTP_AUTHORIZATION"))
             if problem is not None:
                 return json_error(401, problem, {"WWW-Authenticate": "Bearer"})
             try:
@@ -116,8 +118,8 @@ def _bundle(repo: Repo, run_id: str) -> Dict[str, Any]:
     run = load_run(repo, run_id)
     logs = load_logs_metadata(repo.state, run)
     for job in logs.jobs:
-        job.host_log_exists = job.host_log_exists and repo.inside(Path(job.host_log_path))
-        job.guest_log_exists = job.guest_log_exists and repo.inside(Path(job.guest_log_path))
+        job.host_log_exists = repo.file(Path(job.host_log_path)).readable()
+        job.guest_log_exists = repo.file(Path(job.guest_log_path)).readable()
     return {
         "run": run.to_dict(),
         "logs": logs.to_dict(),

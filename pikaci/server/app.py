@@ -2,33 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Union
+from typing import Mapping, Optional, Union
 
 import bottle
 import orjson
 
 from pikaci.server.access import Repo
 from pikaci.server.api import install_api
-from pikaci.server.auth import TokenSet
+from pikaci.server.auth import TokenSet, WebAuth
 from pikaci.server.web import install_web, web_error_page
 from pikaci.store import StateRoot
 
 
-def make_app(repos: Mapping[str, StateRoot], tokens: TokenSet) -> bottle.Bottle:
+def make_app(
+    repos: Mapping[str, StateRoot], tokens: TokenSet, web_auth: Optional[WebAuth] = None
+) -> bottle.Bottle:
+    """`web_auth` holds the web sessions; a new one (no session open) unless given."""
     app = bottle.Bottle(catchall=True)
     known = {slug: Repo.of(slug, state) for slug, state in repos.items()}
+    auth = web_auth or WebAuth(tokens)
     install_api(app, known, tokens)
-    install_web(app, known, tokens)
+    install_web(app, known, auth)
 
     def fallback(error: bottle.HTTPError) -> Union[bytes, str]:
         path = bottle.request.path
         if path != "/api" and not path.startswith("/api/"):
-            return web_error_page(error, tokens)
+            return web_error_page(error, auth)
         # bottle's own errors (no route, wrong method, crash) in the API's shape, not HTML
         bottle.response.content_type = "application/json"
         if error.status_code in (404, 405):
             # without a token even a wrong path is a 401: the route layout is not public
-            problem = tokens.check(bottle.request.get_header("Authorization"))
+            problem = tokens.check(bottle.request.environ.get("HTTP_AUTHORIZATION"))
             if problem is not None:
                 bottle.response.status = 401
                 bottle.response.set_header("WWW-Authenticate", "Bearer")

@@ -101,6 +101,10 @@ def resolve_config(
         }
     else:
         repos = {slugify(source_root.name): state}
+    for slug, served in repos.items():
+        root = served.root
+        if root.exists() and not root.is_dir():
+            raise ServeError(f"repository `{slug}`: state root {root} is not a directory")
     return repos, tokens
 
 

@@ -34,13 +34,15 @@ from pikaci.server.access import (
     log_path,
     orchestrator_alive,
     page_of_runs,
-    read_log_page,
-    read_log_page_before,
     status_param,
 )
 from pikaci.server.ansi import ansi_to_html
 from pikaci.server.api import raw_log_response
-from pikaci.server.auth import SESSION_COOKIE, SESSION_SECONDS, TokenSet
+from pikaci.server.auth import SESSION_COOKIE, SESSION_SECONDS, WebAuth, same_origin
+from pikaci.server.logs import (
+    read_log_page,
+    read_log_page_before,
+)
 from pikaci.server.timeline import format_duration, parse_moment, render_timeline
 
 VIEWS = Path(__file__).resolve().parent / "views"
@@ -65,11 +67,11 @@ def render(name: str, http_status: int = 200, **values: Any) -> bottle.HTTPRespo
     return bottle.HTTPResponse(body=body, status=http_status, headers=headers)
 
 
-def _error_page(status: int, message: str, tokens: TokenSet) -> bottle.HTTPResponse:
-    return render("error", status, title=f"{status}", message=message, logged_in=_logged_in(tokens))
+def _error_page(status: int, message: str, auth: WebAuth) -> bottle.HTTPResponse:
+    return render("error", status, title=f"{status}", message=message, logged_in=_logged_in(auth))
 
 
-def web_error_page(error: bottle.HTTPError, tokens: TokenSet) -> str:
+def web_error_page(error: bottle.HTTPError, auth: WebAuth) -> str:
     """bottle's own errors (no route, wrong method, crash) on a page path, as a page."""
     bottle.response.content_type = "text/html; charset=utf-8"
     for name, value in HEADERS.items():
@@ -81,13 +83,22 @@ def web_error_page(error: bottle.HTTPError, tokens: TokenSet) -> str:
             template_lookup=TEMPLATE_LOOKUP,
             title=str(error.status_code),
             message=message,
-            logged_in=_logged_in(tokens),
+            logged_in=_logged_in(auth),
         )
     )
 
 
-def _logged_in(tokens: TokenSet) -> bool:
-    return tokens.session_valid(bottle.request.get_cookie(SESSION_COOKIE), time.time())
+def _logged_in(auth: WebAuth) -> bool:
+    return auth.logged_in(_session_cookie(), time.time())
+
+
+def _session_cookie() -> Optional[str]:
+    # a cookie header that is not latin-1 text is no session (bottle would raise on it)
+    try:
+        value = bottle.request.get_cookie(SESSION_COOKIE)
+    except (UnicodeError, ValueError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def _safe_next(target: Optional[str]) -> str:
@@ -109,11 +120,13 @@ def _redirect(location: str) -> bottle.HTTPResponse:
     return bottle.HTTPResponse(status=303, headers={"Location": location, **HEADERS})
 
 
-def install_web(app: bottle.Bottle, known: Mapping[str, Repo], tokens: TokenSet) -> None:
+def install_web(app: bottle.Bottle, known: Mapping[str, Repo], auth: WebAuth) -> None:
+    tokens = auth.tokens
+
     def page(handler: Handler, fragment: bool = False) -> Handler:
         @functools.wraps(handler)
         def wrapper(**kwargs: Any) -> bottle.HTTPResponse:
-            if not _logged_in(tokens):
+            if not _logged_in(auth):
                 if fragment:
                     return _json(401, {"error": "log in again"})
                 here = bottle.request.fullpath
@@ -132,7 +145,7 @@ def install_web(app: bottle.Bottle, known: Mapping[str, Repo], tokens: TokenSet)
             except ApiError as exc:
                 if fragment:
                     return _json(exc.status, {"error": exc.message})
-                return _error_page(exc.status, exc.message, tokens)
+                return _error_page(exc.status, exc.message, auth)
 
         return wrapper
 
@@ -143,21 +156,32 @@ def install_web(app: bottle.Bottle, known: Mapping[str, Repo], tokens: TokenSet)
 
     def login_form() -> bottle.HTTPResponse:
         target = _safe_next(bottle.request.query.get("next"))
-        if _logged_in(tokens):
+        if _logged_in(auth):
             return _redirect(target)
         return render("login", title="Log in", next=target, failed=False, logged_in=False)
 
     def login() -> bottle.HTTPResponse:
+        if not same_origin(bottle.request.environ):
+            return _error_page(403, "cross-site login refused", auth)
+        address = str(bottle.request.environ.get("REMOTE_ADDR") or "?")
+        now = time.time()
+        wait = auth.throttle.wait_secs(address, now)
+        if wait > 0:
+            page = _error_page(429, f"too many failed logins; try again in {wait:.0f} s", auth)
+            page.set_header("Retry-After", str(int(wait) + 1))
+            return page
         form = bottle.request.forms
         target = _safe_next(form.getunicode("next"))
         given = (form.getunicode("token") or "").strip().encode("utf-8")
         token = tokens.matching(given) if given else None
         if token is None:
+            auth.throttle.failed(address, now)
             return render("login", 401, title="Log in", next=target, failed=True, logged_in=False)
+        auth.throttle.succeeded(address)
         response = _redirect(target)
         response.set_cookie(
             SESSION_COOKIE,
-            tokens.issue_session(token, time.time()),
+            auth.sessions.issue(now),
             max_age=SESSION_SECONDS,
             path="/",
             httponly=True,
@@ -168,6 +192,9 @@ def install_web(app: bottle.Bottle, known: Mapping[str, Repo], tokens: TokenSet)
         return response
 
     def logout() -> bottle.HTTPResponse:
+        if not same_origin(bottle.request.environ):
+            return _error_page(403, "cross-site logout refused", auth)
+        auth.sessions.revoke(_session_cookie())  # a copy of the cookie stops working too
         response = _redirect("/login")
         response.delete_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True)
         return response
@@ -274,11 +301,7 @@ def _run_list(repo: Repo) -> bottle.HTTPResponse:
 def _job_row(repo: Repo, run: RunRecord, job: JobRecord, now: datetime) -> Dict[str, Any]:
     logs = {}
     for kind in LOG_KINDS:
-        try:
-            path = log_path(repo, run, job, kind)
-        except ApiError:
-            continue  # recorded outside this state root (a moved root): no link, the page stays
-        if path.is_file():
+        if log_path(repo, run, job, kind).readable():
             logs[kind] = _log_url(repo, run, job, kind)
     return {
         "id": job.id,

@@ -33,7 +33,7 @@ from pikaci.run.session import RunSession
 from pikaci.runtimes import runtime_for
 from pikaci.runtimes.base import Outcome
 from pikaci.snapshot import SnapshotError, create_snapshot, read_metadata
-from pikaci.tasks.uptodate import BUILDER_ERRORS, target_filter
+from pikaci.tasks.common import BUILDER_ERRORS, target_filter
 
 Values = Dict[str, Any]
 

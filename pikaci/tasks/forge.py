@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 from doit.exceptions import TaskError, TaskFailed
 
@@ -29,10 +29,10 @@ from pikaci.forge.selection import BASE, NIGHTLY_SWITCH, WORKTREE, compute_plan
 from pikaci.options import JSON
 from pikaci.process import kill_process_group
 from pikaci.settings import Settings
+from pikaci.tasks.common import TaskDict
 
 CI_BASENAME = "ci"
 COMMAND_TIMEOUT_SECS = 3 * 3600
-TaskDict = Dict[str, Any]
 
 
 def is_ci_task(name: str) -> bool:

@@ -10,7 +10,7 @@ always reruns, and `doit forget lane:<id>` forces a run.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 from pikaci.catalog import REALIZE_COPY, Catalog, Lane, Target
 from pikaci.plan import (
@@ -25,14 +25,13 @@ from pikaci.plan import (
 )
 from pikaci.run.session import RunSession
 from pikaci.tasks.actions import LaneActions
+from pikaci.tasks.common import TaskDict
 from pikaci.tasks.uptodate import (
     BuildUnchanged,
     ClosureOnBuilder,
     LaneUnchanged,
     SnapshotUnchanged,
 )
-
-TaskDict = Dict[str, Any]
 
 GROUP_DOCS = {
     "lane": "every lane: `lane:<id>` is one lane's verdict (doit list --all shows them)",

@@ -7,6 +7,8 @@ directly for the `pikaci` console script and for `ci:branch`'s nested run.
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -21,12 +23,11 @@ from pikaci.model import RunRecord
 from pikaci.plan import target_task
 from pikaci.run.session import RunSession
 from pikaci.settings import Settings, settings_from_environment
+from pikaci.tasks.common import TaskDict
 from pikaci.tasks.forge import forge_tasks, is_ci_task
 from pikaci.tasks.lanes import LaneGraph, group_tasks
 from pikaci.tasks.maintenance import MAINTENANCE_TASKS, maintenance_tasks
 from pikaci.tasks.reporter import reporter_for
-
-TaskDict = Dict[str, Any]
 
 
 class DodoFileError(Exception):
@@ -39,17 +40,25 @@ class CatalogLoader(TaskLoader2):  # type: ignore[misc]
         self.catalog = catalog
         self.session = RunSession(catalog, settings)
         self._task_dicts: Optional[List[TaskDict]] = None
+        self._problem: Optional[str] = None
 
     def setup(self, opt_values: Dict[str, Any]) -> None:
         pass
 
     def load_doit_config(self) -> Dict[str, Any]:
         state_root = self.session.state.root
-        state_root.mkdir(parents=True, exist_ok=True)
+        try:
+            state_root.mkdir(parents=True, exist_ok=True)
+            if not os.access(state_root, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        except OSError as exc:
+            # reported when doit asks for the tasks: one line instead of a traceback
+            self._problem = f"state root {state_root}: {exc.strerror or exc}"
         dep_file = self.session.settings.dep_file or self.session.state.dep_file
         return {
             "backend": "sqlite3",
-            "dep_file": str(dep_file),
+            # doit opens the dep file before it loads the tasks that report the problem
+            "dep_file": ":memory:" if self._problem else str(dep_file),
             "reporter": reporter_for(self.session),
             "par_type": "thread",
             "default_tasks": self._default_tasks(),
@@ -73,6 +82,8 @@ class CatalogLoader(TaskLoader2):  # type: ignore[misc]
 
         Copies, one level deep: doit pops and rewrites keys of the dicts it is handed.
         """
+        if self._problem is not None:
+            raise InvalidTask(self._problem)
         if self._task_dicts is None:
             try:
                 self.catalog.validate()

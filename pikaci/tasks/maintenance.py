@@ -21,13 +21,13 @@ from pikaci.options import REMOTE
 from pikaci.server import serve
 from pikaci.settings import Settings
 from pikaci.store import StateRoot
+from pikaci.tasks.common import TaskDict
 
 GC_REMOTE_TASK = "gc_remote"
 INCUS_IMAGE_TASK = "incus_image"
 INCUS_REAP_TASK = "incus_reap"
 SERVE_TASK = "serve"
 MAINTENANCE_TASKS = (GC_REMOTE_TASK, INCUS_IMAGE_TASK, INCUS_REAP_TASK, SERVE_TASK)
-TaskDict = Dict[str, Any]
 _INCUS_ERRORS = (
     incus_admin.IncusAdminError,
     incus_config.IncusError,

@@ -113,9 +113,15 @@ class PikaciReporter(ConsoleReporter):  # type: ignore[misc]
         found = self.session.catalog.lane(ident)
         decision = reuse_decision_of(task)
         note = ""
-        if found and decision is not None and decision.passed_run is not None:
-            self.session.job_reused(*found, decision.inputs, decision.passed_run)
-            note = f"  (reused: passed in run {decision.passed_run})"
+        passed = decision.passed_run if decision is not None else None
+        recorded = (
+            found is not None
+            and decision is not None
+            and passed is not None
+            and self.session.job_reused(*found, decision.inputs, passed)
+        )
+        if recorded:
+            note = f"  (reused: passed in run {passed})"
         self.write(f"-- {task.title()}{note}\n")
 
 

@@ -14,12 +14,10 @@ from typing import Any, Dict, Optional
 from doit.dependency import UptodateCalculator
 from doit.task import Task
 
-from pikaci.builder.layout import RemoteError
 from pikaci.builder.transport import RemoteCommandError, TransportError
 from pikaci.catalog import REALIZE_ON_BUILDER, Lane, Target
 from pikaci.payloads import nix, realize
 from pikaci.payloads.builder_nix import BuilderNixError
-from pikaci.payloads.manifest import ManifestError
 from pikaci.plan import (
     ReuseDecision,
     build_inputs,
@@ -28,18 +26,17 @@ from pikaci.plan import (
     lane_task,
     payload_tasks,
     reuse_decision,
-    snapshot_filter,
     snapshot_task,
 )
 from pikaci.run.session import RunSession
 from pikaci.snapshot import (
     SNAPSHOT_METADATA_FILE,
     SnapshotError,
-    SnapshotFilter,
     source_fingerprint,
 )
-
-BUILDER_ERRORS = (TransportError, RemoteCommandError, RemoteError, BuilderNixError, ManifestError)
+from pikaci.store import RUN_FILE
+from pikaci.tasks.common import BUILDER_ERRORS, target_filter
+from pikaci.timestamps import is_run_id
 
 
 class _Check(UptodateCalculator):  # type: ignore[misc]
@@ -106,7 +103,11 @@ class LaneUnchanged(_Check):
         payloads = [self.values_of(name) for name in payload_tasks(self.target)]
         verdict = self.values_of(lane_task(self.lane.id)) if values else {}
         passed_run = verdict.get("run_id")
-        run_exists = (self.session.state.runs_dir / str(passed_run) / "run.json").is_file()
+        # gc removes the evidence of a pass; only a run id names a run directory
+        run_exists = (
+            is_run_id(passed_run)
+            and (self.session.state.runs_dir / str(passed_run) / RUN_FILE).is_file()
+        )
         self.decision = reuse_decision(
             lane_inputs(self.lane, self.target, snapshot, payloads),
             verdict,
@@ -218,11 +219,6 @@ class BuildUnchanged(_Check):
     def __repr__(self) -> str:
         payload_id = self.target.payloads.id if self.target.payloads else "?"
         return f"payload_inputs_unchanged({payload_id}:{self.role}: {self.reason})"
-
-
-def target_filter(session: RunSession, target: Target) -> SnapshotFilter:
-    settings = session.settings
-    return snapshot_filter(target, settings.source_root.resolve(), settings.state_root.resolve())
 
 
 def reuse_decision_of(task: Task) -> Optional[ReuseDecision]:

@@ -1,0 +1,166 @@
+"""Run a command so that nothing it starts outlives it.
+
+    python3 reaper.py COMMAND [ARGS...]
+
+The reaper makes itself a child subreaper (`prctl(PR_SET_CHILD_SUBREAPER)`), so every process
+the command starts that loses its parent becomes the reaper's child instead of init's, also one
+that started a session of its own (`setsid -f`, a daemon's double fork) and so escaped the
+process group that the orchestrator kills. When the command exits, or the reaper gets SIGTERM,
+SIGINT or SIGHUP, every process still below the reaper gets SIGTERM and, after a grace period,
+SIGKILL; each one is named on stderr (the job's host log). The exit status is the command's
+(128+N when a signal N ended it or the reaper).
+
+Standard library only, Python 3.9+, Linux: it runs on this machine and is copied to builders
+for `remote_ssh` + `host_process` lanes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+import sys
+import time
+from typing import Dict, List, Optional
+
+PR_SET_CHILD_SUBREAPER = 36
+GRACE_SECS = 2.0
+SWEEP_LIMIT_SECS = 10.0
+POLL_SECS = 0.05
+PREFIX = "[pikaci] "
+
+
+class Stop(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def become_subreaper() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(code)}")
+
+
+def descendants(root: int) -> List[int]:
+    """Every process below `root`, from /proc (children before their own children)."""
+    parents: Dict[int, List[int]] = {}
+    for entry in os.scandir("/proc"):
+        name = entry.name
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            continue  # gone meanwhile
+        # the command name is in parentheses and may hold spaces or parentheses itself
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 1 and fields[0] != b"Z":
+            parents.setdefault(int(fields[1]), []).append(int(name))
+    found: List[int] = []
+    frontier = [root]
+    while frontier:
+        children = parents.get(frontier.pop(), [])
+        found.extend(children)
+        frontier.extend(children)
+    return found
+
+
+def describe(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            words = handle.read().split(b"\0")
+    except OSError:
+        return "?"
+    text = " ".join(word.decode("utf-8", "replace") for word in words if word)
+    return text[:200] or "?"
+
+
+def reap_children() -> None:
+    """Collect every child that has exited, adopted orphans included."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def sweep(me: int) -> None:
+    """SIGTERM everything below `me`, SIGKILL what is left after the grace period, until nothing
+    is left (orphans of killed processes keep arriving as our children)."""
+    named: Dict[int, str] = {}
+    deadline = time.monotonic() + SWEEP_LIMIT_SECS
+    term_sent_at: Optional[float] = None
+    while time.monotonic() < deadline:
+        reap_children()
+        left = descendants(me)
+        if not left:
+            break
+        now = time.monotonic()
+        fresh = [pid for pid in left if pid not in named]
+        for pid in fresh:
+            named[pid] = describe(pid)
+        escalate = term_sent_at is not None and now - term_sent_at >= GRACE_SECS
+        for pid in left if escalate else fresh:
+            try:
+                os.kill(pid, signal.SIGKILL if escalate else signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        if term_sent_at is None:
+            term_sent_at = now
+        time.sleep(POLL_SECS)
+    for pid, command in sorted(named.items()):
+        say(f"killed process {pid} the lane left running: {command}")
+
+
+def say(line: str) -> None:
+    try:
+        sys.stderr.write(PREFIX + line + "\n")
+        sys.stderr.flush()
+    except OSError:
+        pass  # nobody reads the pipe any more
+
+
+def stop_on(signum: int, frame: object) -> None:
+    raise Stop(signum)
+
+
+def main(argv: List[str]) -> int:
+    if not argv:
+        say("reaper: usage: reaper.py COMMAND [ARGS...]")
+        return 2
+    become_subreaper()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, stop_on)
+    me = os.getpid()
+    status = 0
+    try:
+        command = os.fork()
+        if command == 0:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(signum, signal.SIG_DFL)
+            try:
+                os.execvp(argv[0], argv)
+            except OSError as exc:
+                say(f"cannot run {argv[0]}: {exc.strerror}")
+                os._exit(127 if exc.errno == errno.ENOENT else 126)
+        while True:
+            pid, raw = os.waitpid(-1, 0)  # adopted orphans are collected here too
+            if pid == command:
+                status = os.waitstatus_to_exitcode(raw)
+                break
+    except Stop as stopped:
+        status = -stopped.signum
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)  # finish the sweep whatever else arrives
+    sweep(me)
+    return 128 - status if status < 0 else status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,219 @@
+"""Incus lanes against the real daemon (containers), locally and through the SSH placement
+(sshd on 127.0.0.1, whose login user may use incus), plus the reaper and the image task."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Dict, Iterator, List
+
+import pytest
+
+from pikaci.incus.commands import instance_name
+from pikaci.incus.config import PHASES
+from tests.fixtures.incus import Incus
+from tests.fixtures.projects import LaneSpec, interrupt_when_printed
+from tests.fixtures.sshd import Sshd
+from tests.fixtures.staged import BUILD_ROOT, DEPS_ROOT, WRAPPERS
+
+IMAGE_CACHE = Path(os.environ.get("PIKACI_INCUS_CACHE", "/var/cache/pikaci/incus"))
+
+
+def lane(lane_id: str, command: str, placement: str = "remote_ssh", **kwargs) -> LaneSpec:  # type: ignore[no-untyped-def]
+    return LaneSpec(lane_id, command, placement=placement, runtime="incus", **kwargs)
+
+
+def incus_env(incus: Incus) -> Dict[str, str]:
+    return {
+        "PIKACI_INCUS_PROJECT": incus.project,
+        "PIKACI_INCUS_PROFILE": incus.profile,
+        "PIKACI_INCUS_IMAGE_ALIAS": incus.image_alias,
+        "PIKACI_INCUS_INSTANCE_TYPE": "container",
+        "PIKACI_INCUS_SUDO": "0",
+    }
+
+
+@pytest.fixture(scope="module")
+def incus_builder(sshd: Sshd, incus: Incus) -> Iterator[Dict[str, str]]:
+    """The loopback builder with incus rights, over a connection opened after it got them."""
+    subprocess.run(["usermod", "-aG", "incus-admin", sshd.user], check=True)
+    control = tempfile.mkdtemp(prefix="pci-", dir="/tmp")  # a fresh master: new groups
+    yield {
+        **incus_env(incus),
+        "PIKACI_BUILDER": sshd.host,
+        "PIKACI_BUILDER_SSH_CONFIG": str(sshd.ssh_config),
+        "PIKACI_BUILDER_WORK_DIR": str(sshd.work_dir()),
+        "PIKACI_BUILDER_NIX_STORE": f"{sshd.work_dir()}/store",
+        "TMPDIR": control,
+    }
+
+
+def only_job(project) -> Dict[str, object]:  # type: ignore[no-untyped-def]
+    (job,) = project.latest_run()["jobs"]
+    return job  # type: ignore[no-any-return]
+
+
+def gone(project, incus: Incus) -> bool:  # type: ignore[no-untyped-def]
+    """The latest run's instances are deleted (other sessions may have their own running)."""
+    record = project.latest_run()
+    names = {instance_name(str(record["run_id"]), str(job["id"])) for job in record["jobs"]}
+    return not names & set(incus.instances())
+
+
+def phases(job: Dict[str, object]) -> List[str]:
+    execution = job["remote_linux_vm_execution"]
+    return [p["phase"] for p in execution["phases"]]  # type: ignore[index]
+
+
+ALL_PHASES = list(PHASES)
+
+
+def test_a_passing_remote_lane(make_project, incus_builder, incus):
+    project = make_project([lane("ok", 'id -un; cat src/hello.txt; echo out > "$ARTIFACTS/o.txt"')])
+    done = project.doit("run", "lane:ok", env=incus_builder)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "[ok] pikaci" in done.stdout and "[ok] hello" in done.stdout
+    job = only_job(project)
+    assert (job["status"], job["executor"], job["exit_code"]) == ("passed", "remote_linux_vm", 0)
+    assert phases(job) == ALL_PHASES
+    image = job["remote_linux_vm_execution"]["incus_image"]  # type: ignore[index]
+    assert image == {
+        "project": incus.project,
+        "alias": incus.image_alias,
+        "fingerprint": incus.image_fingerprint,
+    }
+    artifacts = Path(str(job["artifacts_dir"]))
+    assert (artifacts / "o.txt").read_text() == "out\n"
+    for name in ("guest.log", "events.jsonl", "status.json", "result.json"):
+        assert (artifacts / name).is_file(), name
+    assert "hello" in (artifacts / "guest.log").read_text()
+    host_log = Path(str(job["host_log_path"])).read_text()
+    assert "incus init" in host_log and "config device add" in host_log
+    assert gone(project, incus)
+
+
+def test_a_failing_lane_propagates_its_exit_code(make_project, incus_builder, incus):
+    project = make_project([lane("bad", "echo nope; exit 7")])
+    done = project.doit("run", "lane:bad", env=incus_builder)
+    assert done.returncode != 0
+    job = only_job(project)
+    assert (job["status"], job["exit_code"]) == ("failed", 7)
+    assert gone(project, incus)
+
+
+def test_a_lane_cannot_write_the_snapshot(make_project, incus_builder, incus):
+    project = make_project([lane("w", "touch /workspace/snapshot/src/new")])
+    done = project.doit("run", "lane:w", env=incus_builder)
+    assert done.returncode != 0
+    job = only_job(project)
+    assert job["status"] == "failed"
+    assert "Read-only file system" in (Path(str(job["artifacts_dir"])) / "guest.log").read_text()
+    assert gone(project, incus)
+
+
+def test_a_timing_out_lane_is_124_and_its_instance_deleted(make_project, incus_builder, incus):
+    project = make_project([lane("slow", "sleep 30", timeout_secs=2)])
+    done = project.doit("run", "lane:slow", env=incus_builder)
+    assert done.returncode != 0
+    job = only_job(project)
+    assert (job["status"], job["exit_code"]) == ("failed", 124)
+    assert gone(project, incus)
+
+
+def test_sigint_deletes_the_instance_and_marks_the_run(make_project, incus_builder, incus):
+    project = make_project([lane("s", "echo started; sleep 300")])
+
+    def running() -> None:
+        assert not gone(project, incus), "the instance runs"
+
+    code = interrupt_when_printed(
+        project, incus_builder, "lane:s", "[s] started", 120, before_signal=running
+    )
+    assert code == 130
+    job = only_job(project)
+    assert job["status"] == "failed" and str(job["message"]).startswith("interrupted by SIGINT")
+    assert project.latest_run()["status"] == "failed"
+    assert gone(project, incus)
+
+
+def test_a_staged_lane_sees_its_payload_mounts(make_staged_project, incus_builder, incus):
+    spec = lane(
+        "check",
+        f"{BUILD_ROOT}/bin/run-check; ls {DEPS_ROOT}/share/inputs; touch {BUILD_ROOT}/x || true",
+    )
+    project = make_staged_project(WRAPPERS, {"main": [spec]}, realize="builder", hermetic=True)
+    done = project.doit("run", "lane:check", env=incus_builder)
+    assert done.returncode == 0, done.stdout + done.stderr
+    job = only_job(project)
+    guest_log = (Path(str(job["artifacts_dir"])) / "guest.log").read_text()
+    assert "staged lane ran as 1000" in guest_log and "hello.txt" in guest_log
+    assert "Read-only file system" in guest_log
+    assert (Path(str(job["artifacts_dir"])) / "all.txt").read_text() == "hello\n"
+    host_log = Path(str(job["host_log_path"])).read_text()
+    assert "pk-staged-l-47d99971" in host_log and "pk-staged-l-abd7f13d" in host_log
+    assert gone(project, incus)
+
+
+def test_a_local_incus_lane(make_project, incus):
+    project = make_project([lane("here", "id -u; echo hi", placement="local")])
+    done = project.doit("run", "lane:here", env=incus_env(incus))
+    assert done.returncode == 0, done.stdout + done.stderr
+    job = only_job(project)
+    assert (job["status"], job["executor"]) == ("passed", "local_incus")
+    assert phases(job) == ALL_PHASES
+    assert "[here] 1000" in done.stdout
+    assert gone(project, incus)
+
+
+def test_the_reaper_removes_old_marked_instances_only(make_project, incus):
+    project = make_project([lane("x", "true", placement="local")])
+    base = ["incus", "init", "--project", incus.project, "--storage", "default"]
+    old = "pikaci-orphan0001"
+    stranger = "pikaci-not-ours01"
+    subprocess.run(
+        [
+            *base,
+            "-c",
+            "user.pikaci.run-id=20200101T000000Z-00000000",
+            "-c",
+            "user.pikaci.created-at=2020-01-01T00:00:00+00:00",
+            incus.image_alias,
+            old,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run([*base, incus.image_alias, stranger], check=True, capture_output=True)
+    try:
+        done = project.pikaci("incus-reap", "--older-than", "3600", "--json", env=incus_env(incus))
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {"removed": [old], "kept": []}
+        assert incus.instances() == [stranger]
+    finally:
+        for name in (old, stranger):
+            subprocess.run(
+                ["incus", "delete", "--project", incus.project, "--force", name],
+                capture_output=True,
+                check=False,
+            )
+
+
+def test_the_image_task_imports_only_when_the_alias_moved(make_project, incus, tmp_path):
+    project = make_project([lane("x", "true", placement="local")])
+    env = {**incus_env(incus), "PIKACI_INCUS_IMAGE_ALIAS": "pikaci/test-import"}
+    cached = sorted(IMAGE_CACHE.glob("pikaci-debian-*.tar.gz"), key=lambda p: p.stat().st_mtime)
+    assert cached, f"no cached test image under {IMAGE_CACHE}"
+    image = str(cached[-1])
+    first = project.doit("incus_image", "--image", image, env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "imported pikaci/test-import" in first.stdout
+    again = project.doit("incus_image", "--image", image, env=env)
+    assert again.returncode == 0 and "-- incus_image" in again.stdout  # up to date
+    subprocess.run(
+        ["incus", "image", "alias", "delete", "--project", incus.project, "pikaci/test-import"],
+        check=False,
+        capture_output=True,
+    )
