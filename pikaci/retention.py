@@ -9,8 +9,10 @@ record that does not decode still keeps the snapshots it names.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Set
@@ -27,6 +29,8 @@ from pikaci.store import (
     read_record,
     run_is_active,
 )
+
+SNAPSHOT_TEMP_PREFIX = ".tmp-"  # a snapshot being made, renamed into place when complete
 
 
 @dataclass
@@ -67,6 +71,7 @@ def gc_runs(state: StateRoot, keep_runs: int) -> GcReport:
             continue
         shutil.rmtree(run_dir, ignore_errors=True)
         report.removed_runs.append(name)
+    remove_abandoned_temps(state.snapshots_dir, SNAPSHOT_TEMP_PREFIX)
     report.removed_snapshots = _gc_snapshots(state)
     return report
 
@@ -121,3 +126,43 @@ def _salvaged_snapshots(state: StateRoot) -> Set[str]:
             if isinstance(value, str) and value:
                 names.add(Path(value).name)
     return names
+
+
+def remove_abandoned_temps(store: Path, prefix: str, stale_secs: float = 60.0) -> List[str]:
+    """Remove `<prefix><pid>-...` temp directories whose makers died (SIGKILL) before they
+    renamed them into place: not flock-ed (a maker holds its directory's lock while it fills
+    it), and of a process that is gone or older than `stale_secs` (the pid was reused)."""
+    removed: List[str] = []
+    try:
+        entries = [e for e in os.scandir(store) if e.name.startswith(prefix)]
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        pid_text = entry.name[len(prefix) :].split("-", 1)[0]
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            age = time.time() - os.fstat(fd).st_mtime
+            if not _process_alive(pid_text) or age > stale_secs:
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(entry.name)
+        except OSError:
+            pass  # locked: its maker is still at work
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _process_alive(pid_text: str) -> bool:
+    if not pid_text.isdigit():
+        return True  # not one of ours by name: only its age can tell
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

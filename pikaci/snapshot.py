@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import fnmatch
 import hashlib
 import os
@@ -26,6 +27,7 @@ from typing import (
 
 import orjson
 
+from pikaci.retention import SNAPSHOT_TEMP_PREFIX, remove_abandoned_temps
 from pikaci.store import write_json
 from pikaci.timestamps import now_timestamp
 
@@ -57,7 +59,6 @@ _ALWAYS_SKIPPED = frozenset({".git", ".pikaci", ".direnv", "target"})
 _NESTED_SKIPPED = frozenset({"node_modules", ".gradle", "DerivedData", "build"})
 
 _CHUNK = 1 << 20
-_TMP_PREFIX = ".tmp-"
 _PUBLISH_ATTEMPTS = 3
 
 
@@ -353,12 +354,25 @@ def create_snapshot(
         raise SnapshotError(f"snapshot source is not a directory: {source}")
     store = store_dir.resolve()
     _check_store_not_copied(source, store, filt)
-    tmp = store / f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
+    tmp = store / f"{SNAPSHOT_TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
     try:
         store.mkdir(parents=True, exist_ok=True)
+        remove_abandoned_temps(store, SNAPSHOT_TEMP_PREFIX)
         tmp.mkdir()
+        # held while the copy is made: a sweeper never takes a directory still being filled
+        held = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(held, fcntl.LOCK_EX)
     except OSError as exc:
         raise SnapshotError(f"cannot create snapshot directory {tmp}: {exc.strerror}") from exc
+    try:
+        return _fill_and_publish(source, store, tmp, filt, git)
+    finally:
+        os.close(held)
+
+
+def _fill_and_publish(
+    source: Path, store: Path, tmp: Path, filt: SnapshotFilter, git: Optional[GitState]
+) -> SnapshotMetadata:
     try:
         digest, tree_id = _copy_tree(source, tmp, filt)
         final = store / tree_id

@@ -12,7 +12,7 @@ from pikaci.catalog import Catalog, CatalogError, Execution, Lane, Target
 from pikaci.forge.manifest import ForgeManifestError, load_manifest, parse_manifest
 from pikaci.forge.selection import compute_plan
 from pikaci.model import RecordError, RunRecord
-from pikaci.retention import gc_runs
+from pikaci.retention import gc_runs, remove_abandoned_temps
 from pikaci.server.app import make_app
 from pikaci.store import StateRoot, list_runs, load_run_record
 from tests.fixtures.api import BASE, SLUG, TOKENS, get
@@ -186,3 +186,31 @@ def test_a_timeout_past_thirty_days_or_not_a_positive_integer_is_refused(timeout
     lane = Lane(id="l", command="true", execution=HOST, timeout_secs=timeout)
     with pytest.raises(CatalogError, match=r"^lane `l`: field `timeout_secs` must be"):
         Catalog(targets=[Target(id="t", lanes=[lane])]).validate()
+
+
+def test_temp_directories_of_killed_snapshot_makers_are_swept(tmp_path: Path) -> None:
+    import fcntl
+    import os
+    import subprocess
+
+    store = tmp_path / "snapshots"
+    store.mkdir()
+    dead_pid = subprocess.Popen(["true"])  # a pid that has exited
+    dead_pid.wait()
+    dead = store / f".tmp-{dead_pid.pid}-aaaa"
+    mine = store / f".tmp-{os.getpid()}-bbbb"  # a live maker, unlocked for a moment
+    held = store / ".tmp-1-cccc"  # pid 1 lives; its lock says it is at work
+    old = store / f".tmp-{os.getpid()}-dddd"
+    unnamed = store / ".tmp-publishing"
+    for path in (dead, mine, held, old, unnamed):
+        (path / "x").mkdir(parents=True)
+    os.utime(old, (0, 0))
+    lock = os.open(held, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    os.utime(held, (0, 0))  # even an old one is kept while its lock is held
+    try:
+        removed = remove_abandoned_temps(store, ".tmp-")
+    finally:
+        os.close(lock)
+    assert sorted(removed) == sorted([dead.name, old.name])
+    assert sorted(p.name for p in store.iterdir()) == sorted([mine.name, held.name, unnamed.name])
