@@ -269,3 +269,15 @@ def filters_for_target(manifest: ForgeManifest, target_id: str) -> Tuple[str, ..
         ids = ", ".join(f"`{lane.id}`" for lane in found)
         raise ForgeManifestError(f"{manifest.path}: staged target `{target_id}` has lanes {ids}")
     return found[0].paths
+
+
+def recorded_filters(source_root: Path, target_id: str) -> Tuple[List[str], Optional[str]]:
+    """What a run of a staged target records as its path filters: the manifest's (their only
+    source), none without a manifest; the problem, when the manifest cannot say."""
+    path = source_root / MANIFEST_PATH
+    if not path.is_file():
+        return [], None
+    try:
+        return list(filters_for_target(load_manifest(path), target_id)), None
+    except ForgeManifestError as exc:
+        return [], str(exc)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from pikaci.model import Exposure, PreparedOutputsRecord
 from pikaci.payloads.staged import StagedOutput
+from pikaci.runtimes.base import HostLog
 from pikaci.store import RunWriter
 
 
@@ -54,3 +55,17 @@ def record_consumed(
             record.upsert(item)
 
     writer.update_prepared_outputs(change)
+
+
+def payload_sink(
+    logs: Sequence[HostLog], label: str, console: Optional[Callable[[str], None]]
+) -> Callable[[str], None]:
+    """A build's or upload's lines into the host log of each consuming job (and the console)."""
+
+    def write(line: str) -> None:
+        for log in logs:
+            log.note(f"{label}: {line}")
+        if console is not None:
+            console(f"[{label}] {line}")
+
+    return write

@@ -8,6 +8,7 @@ and, in `jsonl` mode, prints one lifecycle event on stdout.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import threading
@@ -18,12 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from pikaci.catalog import Catalog, Lane, Target
 from pikaci.events import job_event, run_finished_event, run_started_event
-from pikaci.forge.manifest import (
-    MANIFEST_PATH,
-    ForgeManifestError,
-    filters_for_target,
-    load_manifest,
-)
+from pikaci.forge.manifest import recorded_filters
 from pikaci.git import GitState, git_state
 from pikaci.model import (
     RUN_FAILED,
@@ -39,7 +35,7 @@ from pikaci.model import (
 from pikaci.payloads.staged import StagedOutput
 from pikaci.plan import LaneInputs, describe_run, payload_owners, prepare_nodes, run_plan
 from pikaci.run.console import Console
-from pikaci.run.outputs import record_consumed, record_realized
+from pikaci.run.outputs import payload_sink, record_consumed, record_realized
 from pikaci.run.signals import Interruption
 from pikaci.run.transitions import (
     adopt_snapshot,
@@ -149,7 +145,7 @@ class RunSession:
                 plan_path=str(run_dir / PLAN_FILE),
                 prepared_outputs_path=str(run_dir / PREPARED_OUTPUTS_FILE),
                 changed_files=list(rerun.changed_files) if rerun else [],
-                filters=list(rerun.filters) if rerun else self._manifest_filters(target),
+                filters=list(rerun.filters) if rerun else self._filters(target),
                 message=f"rerun of {rerun.run_id}" if rerun else None,
             )
             if rerun:
@@ -179,8 +175,15 @@ class RunSession:
                 signals=signals,
             )
             signals.install()
+            # doit can fail after the last task and skip the reporter's close (its own dep
+            # file on a full disk): the run is still closed on the way out
+            atexit.register(self._finish_at_exit)
         self.out.event(run_started_event(record))
         return run_id
+
+    def _finish_at_exit(self) -> None:
+        with contextlib.suppress(Exception):
+            self.finish()
 
     def finish(self) -> Optional[RunRecord]:
         """Close the run: unstarted jobs are accounted for, the final status is written."""
@@ -189,28 +192,44 @@ class RunSession:
             if run is None or run.final is not None:
                 return run.final if run else None
             run.signals.finishing = True  # from here on a signal is recorded, not raised
-            closing = []
-            for planned in run.jobs.values():
-                if planned.record is None:
-                    planned.record = self._record_unstarted(run, planned)
-                    closing.append(planned.record)
-                elif planned.record.status == RUN_RUNNING:
-                    # its collect step never ran (`doit run execute:<lane>`, an interrupt)
-                    planned.record = settle(planned.record, run.interrupted)
-                    closing.append(planned.record)
-            order = {lane_id: index for index, lane_id in enumerate(run.jobs)}
-            record = self._commit(run, closing, lambda r: finalize(r, run.interrupted, order))
+            try:
+                closing = self._settle_jobs(run)
+                order = {lane_id: index for index, lane_id in enumerate(run.jobs)}
+                record = self._commit(run, closing, lambda r: finalize(r, run.interrupted, order))
+            except OSError as exc:
+                # a full disk: every record keeps its last complete version, and the lock
+                # released below shows the run as interrupted to every reader
+                self.out.warn(f"run {run.run_id}: cannot write its final record: {exc}")
+                self._release(run)
+                return None
             run.final = record
-            run.active.close()
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
-            run.signals.restore()
+            self._release(run)
+            atexit.unregister(self._finish_at_exit)
         for job in closing:
             self.out.event(job_event("job_finished", run.run_id, job))
         self.out.event(run_finished_event(record))
         self.out.summary(record, self.state)
         return record
+
+    def _settle_jobs(self, run: _RunState) -> List[JobRecord]:
+        """Unstarted jobs get their reason, running ones (collect never ran) their verdict."""
+        closing = []
+        for planned in run.jobs.values():
+            if planned.record is None:
+                planned.record = self._record_unstarted(run, planned)
+                closing.append(planned.record)
+            elif planned.record.status == RUN_RUNNING:
+                # its collect step never ran (`doit run execute:<lane>`, an interrupt)
+                planned.record = settle(planned.record, run.interrupted)
+                closing.append(planned.record)
+        return closing
+
+    def _release(self, run: _RunState) -> None:
+        run.active.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        run.signals.restore()
 
     def exit_if_interrupted(self) -> None:
         if self.run is not None:
@@ -248,21 +267,13 @@ class RunSession:
         """A line sink into the host log of every planned job consuming `payload_id` (and,
         with `echo`, the console)."""
         run = self.run
-        logs = []
-        if run is not None:
-            logs = [
-                HostLog(self._job_dir(run, planned.lane) / HOST_LOG)
-                for planned in run.jobs.values()
-                if planned.target.payloads is not None and planned.target.payloads.id == payload_id
-            ]
-
-        def write(line: str) -> None:
-            for log in logs:
-                log.note(f"{label}: {line}")
-            if echo:
-                self.console(f"[{label}] {line}")
-
-        return write
+        consumers = (
+            [] if run is None else [p for p in run.jobs.values() if _consumes(p, payload_id)]
+        )
+        logs = [
+            HostLog(self._job_dir(run, planned.lane) / HOST_LOG) for planned in consumers if run
+        ]
+        return payload_sink(logs, label, self.console if echo else None)
 
     def job_started(self, ctx: JobContext, inputs: LaneInputs) -> None:
         run = self._require_run()
@@ -431,17 +442,14 @@ class RunSession:
             run.snapshot_adopted = True
             run.pending_changes.append(lambda record: adopt_snapshot(record, inputs))
 
-    def _manifest_filters(self, target: Optional[Target]) -> List[str]:
-        """A staged target's path filters, read from the forge manifest (their only source);
-        none without a manifest. A manifest problem is reported, never fatal to the run."""
-        manifest_path = self.settings.source_root / MANIFEST_PATH
-        if target is None or target.payloads is None or not manifest_path.is_file():
+    def _filters(self, target: Optional[Target]) -> List[str]:
+        """A staged target's path filters; a manifest problem is a warning, never fatal."""
+        if target is None or target.payloads is None:
             return []
-        try:
-            return list(filters_for_target(load_manifest(manifest_path), target.id))
-        except ForgeManifestError as exc:
-            self.out.warn(f"no path filters recorded: {exc}")
-            return []
+        filters, problem = recorded_filters(self.settings.source_root, target.id)
+        if problem is not None:
+            self.out.warn(f"no path filters recorded: {problem}")
+        return filters
 
     def _prepare_nodes(self, target: Target) -> List[str]:
         owner = self.owners.get(target.payloads.id) if target.payloads else None
@@ -510,3 +518,8 @@ class RunSession:
             del run.pending[: len(pending)]
             del run.pending_changes[: len(changes)]
             return record
+
+
+def _consumes(planned: _PlannedJob, payload_id: str) -> bool:
+    payloads = planned.target.payloads
+    return payloads is not None and payloads.id == payload_id
