@@ -24,7 +24,7 @@ from tests.fixtures.faults import (
 )
 from tests.fixtures.projects import LaneSpec
 from tests.fixtures.sshd import USER, running_sshd
-from tests.fixtures.support import DOIT, require_component
+from tests.fixtures.support import require_component
 
 SIGNALS = [signal.SIGKILL, signal.SIGTERM]
 TRIALS = 3  # per signal and case here; the benchmark runs many more
@@ -81,19 +81,9 @@ def test_two_doit_processes_on_one_state_root_both_finish_and_keep_their_records
     project = make_project([LaneSpec(f"l{i}", "sleep 0.2") for i in range(4)])
     for _ in range(3):
         project.doit("forget", "--all")
-        procs = [
-            subprocess.Popen(
-                [*DOIT, "run", "target:main"],
-                cwd=project.root,
-                env=project.env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(2)
-        ]
-        codes = [proc.wait(timeout=120) for proc in procs]
-        assert codes == [0, 0], [proc.stderr.read() for proc in procs if proc.stderr]
+        procs = [project.start_doit("run", "target:main") for _ in range(2)]
+        outputs = [proc.communicate(timeout=120)[0] for proc in procs]
+        assert [proc.returncode for proc in procs] == [0, 0], outputs
     listing = project.pikaci("list")
     assert listing.returncode == 0 and "warning" not in listing.stderr
     assert len(listing.stdout.splitlines()) == len(project.run_ids()) == 6
@@ -158,14 +148,7 @@ def test_a_builder_whose_sshd_dies_mid_run_fails_the_run_and_leaves_nothing(make
             (project.root / "payload.bin").write_bytes(os.urandom(96 << 20))  # a long stream
         project.commit()
         env = {**project.env, **builder}
-        proc = subprocess.Popen(
-            [*DOIT, "run", "target:main"],
-            cwd=project.root,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        proc = project.start_doit("run", "target:main", env=env)
         if moment == "upload":
             _wait_until(lambda: bool(list(work.glob("snapshots/*/.tmp-*"))))
         else:
