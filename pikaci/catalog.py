@@ -9,6 +9,7 @@ bad catalog is an error message, not a traceback.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -56,6 +57,7 @@ SUPPORTED_EXECUTIONS: Tuple[Tuple[str, str], ...] = (
 )
 
 DEFAULT_TIMEOUT_SECS = 1800
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_TIMEOUT_SECS = 30 * 24 * 3600  # past any CI job; keeps deadlines inside every clock
 
 # where a target's staged payloads are realized (StagedPayloads.realize)
@@ -236,10 +238,13 @@ def _validate_lane(lane: Lane, target_where: str, index: int) -> None:
         )
     _check_str(lane.description, f"{where}: field `description`")
     if not isinstance(lane.env, Mapping) or not all(
-        isinstance(k, str) and k and "=" not in k and isinstance(v, str)
+        isinstance(k, str) and _ENV_NAME.fullmatch(k) and isinstance(v, str)
         for k, v in lane.env.items()
     ):
-        raise CatalogError(f"{where}: field `env` must map variable names to strings")
+        # names reach shells (`export NAME=...` on a builder): only plain variable names
+        raise CatalogError(
+            f"{where}: field `env` must map variable names ([A-Za-z_][A-Za-z0-9_]*) to strings"
+        )
     execution = lane.execution
     if execution is MISSING_EXECUTION:
         raise CatalogError(

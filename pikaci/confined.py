@@ -59,6 +59,8 @@ def open_below(root: PathLike, path: PathLike) -> BinaryIO:
     FileNotFoundError when it is not there; RefusedFile (an OSError naming the path) when it
     is outside the root, a link, or not a regular file.
     """
+    if "\0" in str(path):
+        raise RefusedFile(str(path).replace("\0", "\\0"), "a NUL byte in the path")
     parts = parts_below(root, path)
     if not parts or any(part in ("", ".") for part in parts):
         raise RefusedFile(path, "outside the state root")
@@ -95,6 +97,8 @@ def read_below(root: PathLike, path: PathLike, limit: int = 64 << 20) -> bytes:
 def read_regular(path: PathLike, limit: int = 64 << 20) -> bytes:
     """A regular file anywhere, its last component not followed if it is a link (for a path a
     record names outside the state root, read by the operator's own CLI)."""
+    if "\0" in str(path):
+        raise RefusedFile(str(path).replace("\0", "\\0"), "a NUL byte in the path")
     directory = os.open(Path(path).parent, _FLAGS | os.O_DIRECTORY)
     try:
         fd = _open_at(directory, Path(path).name, _FILE, path)

@@ -32,8 +32,14 @@ def _keep_colours(match: Match[bytes]) -> bytes:
     return sequence if _SGR.fullmatch(sequence) else b""
 
 
+# C1 controls (U+0080-U+009F, or those bytes alone where they are no UTF-8): CSI, OSC and DCS
+# in their 8-bit form; dropped whole, what follows them prints as plain text
+_C1 = re.compile("[\x80-\x9f\udc80-\udc9f]")
+
+
 def strip_controls(data: bytes) -> bytes:
-    return _CONTROL.sub(_keep_colours, data)
+    kept = _CONTROL.sub(_keep_colours, data).decode("utf-8", "surrogateescape")
+    return _C1.sub("", kept).encode("utf-8", "surrogateescape")
 
 
 def strip_controls_text(text: str) -> str:

@@ -139,16 +139,21 @@ def main(argv: List[str]) -> int:
         signal.signal(signum, stop_on)
     me = os.getpid()
     status = 0
+    stops = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
     try:
+        # no signal between fork and the child's reset: the child must never sweep
+        signal.pthread_sigmask(signal.SIG_BLOCK, stops)
         command = os.fork()
         if command == 0:
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for signum in stops:
                 signal.signal(signum, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
             try:
                 os.execvp(argv[0], argv)
             except OSError as exc:
                 say(f"cannot run {argv[0]}: {exc.strerror}")
                 os._exit(127 if exc.errno == errno.ENOENT else 126)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
         while True:
             pid, raw = os.waitpid(-1, 0)  # adopted orphans are collected here too
             if pid == command:
@@ -156,8 +161,9 @@ def main(argv: List[str]) -> int:
                 break
     except Stop as stopped:
         status = -stopped.signum
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_IGN)  # finish the sweep whatever else arrives
+    for signum in stops:
+        signal.signal(signum, signal.SIG_IGN)  # finish the sweep whatever else arrives
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
     sweep(me)
     return 128 - status if status < 0 else status
 

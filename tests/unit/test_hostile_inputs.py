@@ -214,3 +214,29 @@ def test_temp_directories_of_killed_snapshot_makers_are_swept(tmp_path: Path) ->
         os.close(lock)
     assert sorted(removed) == sorted([dead.name, old.name])
     assert sorted(p.name for p in store.iterdir()) == sorted([mine.name, held.name, unnamed.name])
+
+
+@pytest.mark.parametrize("name", ["A=1;touch /tmp/x;B", "1ABC", "A B", "", "A-B"])
+def test_env_names_are_plain_variable_names(name: str) -> None:
+    lane = Lane(id="l", command="true", execution=HOST, env={name: "v"})
+    with pytest.raises(CatalogError, match=r"field `env` must map variable names"):
+        Catalog(targets=[Target(id="t", lanes=[lane])]).validate()
+
+
+def test_a_record_path_with_a_nul_byte_is_refused_not_a_crash(tmp_path: Path) -> None:
+    from pikaci.confined import RefusedFile, open_below, read_regular
+
+    with pytest.raises(RefusedFile, match="NUL"):
+        open_below(tmp_path, "/x/runs/a/log\x00")
+    with pytest.raises(RefusedFile, match="NUL"):
+        read_regular("/etc/passwd\x00")
+    state = StateRoot(tmp_path / "state")
+    put(
+        state,
+        rid(1),
+        record(rid(1), jobs=[{"id": "a", "status": "passed", "host_log_path": "/x/runs/a\u0000"}]),
+    )
+    app = make_app({SLUG: state}, TOKENS)
+    for endpoint in ("bundle", "logs"):
+        status, _ = get(app, f"{BASE}/{endpoint}/{rid(1)}")
+        assert status in (200, 404)  # an answer, never a 500

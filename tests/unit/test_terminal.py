@@ -55,3 +55,13 @@ def test_the_console_strips_a_lanes_controls_only_on_a_terminal() -> None:
     console.stdout = io.StringIO()  # a pipe or a file: the line as the lane wrote it
     console.line("[lane] \x1b]0;owned\x07")
     assert console.stdout.getvalue() == "[lane] \x1b]0;owned\x07\n"
+
+
+def test_eight_bit_controls_are_dropped_in_either_encoding() -> None:
+    c1 = "a\u009b2J\u009d0;title\u009cb\u0085c".encode()  # CSI, OSC, ST, NEL as UTF-8
+    assert strip_controls(c1) == b"a2J0;titlebc"
+    assert strip_controls(b"a\x9b2Jb") == b"a2Jb"  # a raw C1 byte
+    assert strip_controls("é ü ß".encode()) == "é ü ß".encode()  # other text passes
+    stream = ControlFilter()
+    cut = stream.feed(b"x\xc2") + stream.feed(b"\x9b2J") + stream.close()
+    assert b"\x9b" not in cut  # a CSI cut between its two bytes is still dropped
