@@ -62,7 +62,7 @@ def gc_runs(state: StateRoot, keep_runs: int) -> GcReport:
             report.skipped.append(f"runs/{entry.name}: {problem}")  # never removed, never counted
         elif not entry.name.startswith("."):
             names.append(entry.name)
-    _remove_abandoned_staging(state)
+    remove_abandoned_staging(state)
     doomed = names[: max(0, len(names) - keep_runs)]
     for name in doomed:
         run_dir = state.runs_dir / name
@@ -76,7 +76,7 @@ def gc_runs(state: StateRoot, keep_runs: int) -> GcReport:
     return report
 
 
-def _remove_abandoned_staging(state: StateRoot) -> None:
+def remove_abandoned_staging(state: StateRoot) -> None:
     """Half-created run directories of orchestrators that died before the rename."""
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(state.runs_dir):

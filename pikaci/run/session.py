@@ -34,6 +34,7 @@ from pikaci.model import (
 )
 from pikaci.payloads.staged import StagedOutput
 from pikaci.plan import LaneInputs, describe_run, payload_owners, prepare_nodes, run_plan
+from pikaci.retention import remove_abandoned_staging
 from pikaci.run.console import Console
 from pikaci.run.outputs import payload_sink, record_consumed, record_realized
 from pikaci.run.signals import Interruption
@@ -130,6 +131,8 @@ class RunSession:
             if self.run is not None:
                 return self.run.run_id
             run_id = new_run_id()
+            # staging dirs of orchestrators killed while they opened a run go before a new one
+            remove_abandoned_staging(self.state)
             run_dir = self.state.run_dir(run_id)
             writer = RunWriter(run_dir)
             rerun = self.settings.rerun
