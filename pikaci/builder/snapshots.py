@@ -25,14 +25,14 @@ import os
 import secrets
 import subprocess
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator, List, Optional, Tuple
+from typing import IO, Iterator, Optional, Tuple
 
 import orjson
 
+from pikaci.builder.held import held_command
 from pikaci.builder.layout import (
     LEASE_HELD,
     READ_SIZE,
@@ -269,38 +269,9 @@ def hold_snapshot(
     Take the lease before publishing: then the snapshot cannot vanish between publish and use.
     """
     label = f"lease {tree_id[:12]} for {run_id}"
-    release_read, release_write = os.pipe()
-    held = threading.Event()
-    failures: List[BaseException] = []
-
-    def on_line(line: str) -> None:
-        if line == LEASE_HELD:
-            held.set()
-
-    def hold() -> None:
-        with os.fdopen(release_read, "rb") as release:
-            try:
-                transport.run(
-                    label, _lease_script(layout, tree_id, run_id), stdin=release, on_line=on_line
-                )
-            except BaseException as exc:
-                failures.append(exc)
-            finally:
-                held.set()
-
-    thread = threading.Thread(target=hold, name=label, daemon=True)
-    thread.start()
-    try:
-        if not held.wait(wait_secs):
-            raise RemoteError(f"{label}: not granted within {wait_secs:g}s")
-        if failures:
-            raise RemoteError(f"{label}: {failures[0]}") from failures[0]
+    script = _lease_script(layout, tree_id, run_id)
+    with held_command(transport, label, script, LEASE_HELD, wait_secs=wait_secs, log=log):
         yield layout.snapshot_dir(tree_id)
-    finally:
-        os.close(release_write)  # end of stdin: the remote holder exits, the flocks go
-        thread.join(30)
-    if failures and log is not None:
-        log(f"{label}: lost while held: {failures[0]}")
 
 
 def _lease_script(layout: RemoteLayout, tree_id: str, run_id: str) -> str:

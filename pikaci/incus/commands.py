@@ -254,6 +254,10 @@ def delete_argv(settings: IncusSettings, instance: str) -> List[str]:
     return incus_argv(settings, "delete", "--project", settings.project, "--force", instance)
 
 
+def info_argv(settings: IncusSettings, instance: str) -> List[str]:
+    return incus_argv(settings, "info", "--project", settings.project, instance)
+
+
 def list_instances_argv(settings: IncusSettings) -> List[str]:
     return incus_argv(settings, "list", "--project", settings.project, "--format", "json")
 

@@ -11,11 +11,24 @@ import subprocess
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
+from typing import (
+    Any,
+    Callable,
+    ContextManager,
+    Dict,
+    Iterator,
+    List,
+    Optional,
+    Protocol,
+    Sequence,
+)
 
+from pikaci.builder.held import held_command
 from pikaci.builder.transport import Transport
 from pikaci.incus import commands as incus
 from pikaci.incus import config as incus_config
+
+HOLD_EXIT_SECS = 30.0
 
 
 class IncusRuntimeError(Exception):
@@ -46,6 +59,8 @@ class IncusHost(Protocol):
         timeout_secs: Optional[float] = None,
         on_line: Optional[Callable[[str], None]] = None,
     ) -> HostResult: ...
+
+    def hold(self, label: str, script: str, ready: str, release: bytes) -> ContextManager[None]: ...
 
 
 class LocalHost:
@@ -100,6 +115,38 @@ class LocalHost:
             self.track_process(None)
         return HostResult(code, b"".join(chunks))
 
+    @contextlib.contextmanager
+    def hold(self, label: str, script: str, ready: str, release: bytes) -> Iterator[None]:
+        """`script` runs until the block ends, `release` written on a clean end only (as
+        `pikaci.builder.held`), in a session of its own: neither a terminal's Ctrl-C nor this
+        process's death kills it; end of input ends it."""
+        self.log(f"{label}: {script}")
+        proc = subprocess.Popen(
+            ["sh", "-c", script],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        clean = False
+        try:
+            first = proc.stdout.readline().decode("utf-8", "replace").strip()
+            if first != ready:
+                raise IncusRuntimeError(f"{label} on {self.name} did not start: {first!r}")
+            yield
+            clean = True
+        finally:
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.write(release if clean else b"")
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
+            try:
+                proc.wait(timeout=HOLD_EXIT_SECS)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+            proc.stdout.close()
+
 
 def _read(
     proc: subprocess.Popen[bytes], chunks: List[bytes], on_line: Optional[Callable[[str], None]]
@@ -137,6 +184,9 @@ class BuilderHost:
             label, script, stdin=stdin, timeout_secs=timeout_secs, on_line=on_line, check=False
         )
         return HostResult(result.exit_code, result.stdout)
+
+    def hold(self, label: str, script: str, ready: str, release: bytes) -> ContextManager[None]:
+        return held_command(self.transport, label, script, ready, release=release)
 
 
 def quote_argv(words: Sequence[str]) -> str:

@@ -18,7 +18,8 @@ shell, or the builder's over the shared SSH connection). Phases, each timed into
    sandboxes collect theirs.
 
 The instance is deleted with `--force` whatever happens: pass, failure, timeout, interrupt or
-an error of pikaci's own."""
+an error of pikaci's own; and by its guard (`pikaci.incus.guard`, armed before `init`) when the
+orchestrator dies without doing it."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from pikaci.builder.layout import RemoteLayout
 from pikaci.builder.transport import RemoteCommandError
 from pikaci.incus import commands as incus
 from pikaci.incus import config as incus_config
+from pikaci.incus.guard import guarded_instance
 from pikaci.incus.hosts import BuilderHost, IncusHost, LocalHost, command_failed, quote_argv, reap
 from pikaci.model import IncusImage, PhaseTiming, RemoteLinuxVmExecution, dumps_pretty
 from pikaci.runtimes.base import JobContext, Outcome
@@ -106,7 +108,9 @@ class IncusRuntime:
             with phases.phase("stage_workspace_snapshot"):
                 snapshot = self._stage(ctx, host, stack)
             devices = _plan_devices(ctx, settings, instance, snapshot, mounts_of)
-            # from here on the instance may exist: delete it whatever happens
+            # from here on the instance may exist: delete it whatever happens, and should this
+            # process die first, the guard deletes it
+            stack.enter_context(guarded_instance(host, settings, instance))
             stack.callback(_delete, ctx, host, settings, instance)
             with phases.phase("prepare_runtime"):
                 phases.execution.incus_image = _prepare(ctx, host, settings, instance, devices)

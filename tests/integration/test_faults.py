@@ -1,30 +1,35 @@
 """Fault injection on real lanes: `doit run` killed with SIGKILL or SIGTERM at moments spread
 over a whole run, then every record must read, the run be marked, nothing be left behind and
-the next run pass (tests/fixtures/faults.py). `bench/fault_injection.py` runs the same trials
-in the hundreds and writes the figures."""
+the next run pass (tests/fixtures/faults.py); then two runs at once, a full disk, a builder
+whose sshd dies and an incusd restart (tests/fixtures/fault_scenarios.py).
+`bench/fault_injection.py` runs the same trials in the hundreds and writes the figures."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
-import time
-import uuid
 from pathlib import Path
 
 import pytest
 
-from pikaci.store import StateRoot, list_runs
-from tests.fixtures.faults import (
-    Harness,
-    processes_mentioning,
-    released,
-    run_trials,
-    temp_dirs,
+from tests.fixtures.fault_scenarios import (
+    CONCURRENT_LANES,
+    DISK_FILL_LANE,
+    INCUSD_LANE,
+    SMALL_DISK,
+    concurrent_trial,
+    disk_full_trial,
+    incusd_restart_trial,
+    sshd_cut_lane,
+    sshd_cut_trial,
 )
+from tests.fixtures.faults import Harness, processes_mentioning, run_trials
 from tests.fixtures.projects import LaneSpec
 from tests.fixtures.sshd import USER, running_sshd
 from tests.fixtures.support import require_component
+
+pytestmark = pytest.mark.faults
 
 SIGNALS = [signal.SIGKILL, signal.SIGTERM]
 TRIALS = 3  # per signal and case here; the benchmark runs many more
@@ -77,16 +82,36 @@ def test_a_killed_remote_sandbox_run_leaves_a_clean_state(make_project, remote_b
     assert failures(trials) == []
 
 
+def test_a_killed_remote_incus_run_leaves_a_clean_state(make_project, incus_builder, incus):
+    project = make_project(
+        [LaneSpec("a", "echo in the guest; sleep 1", placement="remote_ssh", runtime="incus")]
+    )
+    work = incus_builder["PIKACI_BUILDER_WORK_DIR"]
+    env = {**project.env, **incus_builder}
+    harness = Harness(
+        "remote_incus",
+        project,
+        env,
+        leftovers=lambda: incus.leaked() + processes_mentioning(work, user=USER),
+        remote_root=Path(work),
+    )
+    span = harness.duration() * 1.1
+    trials = run_trials(harness, TRIALS, seed=13, signals=SIGNALS, span=span)
+    assert failures(trials) == []
+
+
+def test_an_incusd_restart_during_a_lane_leaves_records_marked_and_nothing_behind(
+    make_project, incus_builder, incus
+):
+    project = make_project([INCUSD_LANE])
+    env = {**project.env, **incus_builder}
+    work = incus_builder["PIKACI_BUILDER_WORK_DIR"]
+    assert failures([incusd_restart_trial(project, env, incus, work)]) == []
+
+
 def test_two_doit_processes_on_one_state_root_both_finish_and_keep_their_records(make_project):
-    project = make_project([LaneSpec(f"l{i}", "sleep 0.2") for i in range(4)])
-    for _ in range(3):
-        project.doit("forget", "--all")
-        procs = [project.start_doit("run", "target:main") for _ in range(2)]
-        outputs = [proc.communicate(timeout=120)[0] for proc in procs]
-        assert [proc.returncode for proc in procs] == [0, 0], outputs
-    listing = project.pikaci("list")
-    assert listing.returncode == 0 and "warning" not in listing.stderr
-    assert len(listing.stdout.splitlines()) == len(project.run_ids()) == 6
+    project = make_project(CONCURRENT_LANES)
+    assert failures([concurrent_trial(project) for _ in range(3)]) == []
 
 
 def test_a_full_disk_under_the_state_root_fails_the_run_and_the_next_one_passes(
@@ -95,81 +120,19 @@ def test_a_full_disk_under_the_state_root_fails_the_run_and_the_next_one_passes(
     require_component(os.geteuid() == 0, "mounting a small tmpfs for the state root needs root")
     small = tmp_path / "small"
     small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK}", "tmpfs", str(small)], check=True
+    )
     try:
-        project = make_project(
-            [LaneSpec("fill", 'head -c "$(cat size)" /dev/zero > "$ARTIFACTS/fill.bin"; echo done')]
-        )
-        project.write("size", "4000000\n")
-        project.commit()
-        state = StateRoot(small / "state")
-        env = {**project.env, "PIKACI_STATE_ROOT": str(state.root)}
-        full = project.doit("run", "target:main", env=env)
-        assert full.returncode != 0
-        assert list_runs(state).problems == []  # every record still reads
-        (run_id,) = [p.name for p in state.runs_dir.iterdir() if not p.name.startswith(".")]
-        assert released(state.runs_dir / run_id)  # marked: closed, or shown interrupted
-        assert temp_dirs(state.root) == []
-        for fill in state.runs_dir.glob("*/jobs/*/artifacts/fill.bin"):
-            fill.unlink()  # the operator frees space
-        project.write("size", "1000\n")
-        project.commit()
-        again = project.doit("run", "target:main", env=env)
-        assert again.returncode == 0, again.stdout + again.stderr
-        assert list_runs(state).problems == []
+        project = make_project([DISK_FILL_LANE])
+        assert failures([disk_full_trial(project, small)]) == []
     finally:
         subprocess.run(["umount", str(small)], check=False)
-
-
-def _wait_until(condition, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the moment to inject the fault never came"
-        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("moment", ["upload", "execute"])
 def test_a_builder_whose_sshd_dies_mid_run_fails_the_run_and_leaves_nothing(make_project, moment):
     require_component(os.geteuid() == 0, "the loopback builder needs root")
-    tag = f"pikaci-cut-{uuid.uuid4().hex[:12]}"
     with running_sshd() as server:  # its own: the suite's shared builder must live on
-        work = server.work_dir()
-        builder = {
-            "PIKACI_BUILDER": server.host,
-            "PIKACI_BUILDER_SSH_CONFIG": str(server.ssh_config),
-            "PIKACI_BUILDER_WORK_DIR": str(work),
-        }
-        lane = LaneSpec(
-            "r", f'sleep "$(cat delay)" # {tag}', placement="remote_ssh", runtime="host_process"
-        )
-        project = make_project([lane])
-        project.write("delay", "30\n")
-        if moment == "upload":
-            (project.root / "payload.bin").write_bytes(os.urandom(96 << 20))  # a long stream
-        project.commit()
-        env = {**project.env, **builder}
-        proc = project.start_doit("run", "target:main", env=env)
-        if moment == "upload":
-            _wait_until(lambda: bool(list(work.glob("snapshots/*/.tmp-*"))))
-        else:
-            _wait_until(lambda: bool(processes_mentioning(tag, user=USER)))
-        server.cut()
-        output, _ = proc.communicate(timeout=180)
-        assert proc.returncode != 0, output
-        state = StateRoot(project.state_root)
-        assert list_runs(state).problems == []
-        run = project.latest_run()
-        assert run["status"] == "failed", output
-        (job,) = run["jobs"]  # type: ignore[misc]
-        assert job["status"] == "failed" and job["message"], job
-        assert released(state.runs_dir / str(run["run_id"]))
-        deadline = time.monotonic() + 20
-        while processes_mentioning(str(work), user=USER) or processes_mentioning(tag):
-            assert time.monotonic() < deadline, processes_mentioning(str(work), user=USER)
-            time.sleep(0.2)
-        assert temp_dirs(work) == []
-        server.restart()
-        project.write("delay", "0\n")
-        project.commit()
-        again = project.doit("run", "target:main", env=env)
-        assert again.returncode == 0, again.stdout + again.stderr
+        project = make_project([sshd_cut_lane("first")])
+        assert failures([sshd_cut_trial(project, server, moment)]) == []

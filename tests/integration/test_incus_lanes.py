@@ -6,49 +6,29 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
+import sys
+import textwrap
+import time
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, List
 
 import pytest
 
+from pikaci.incus import config as incus_config
 from pikaci.incus.commands import instance_name
 from pikaci.incus.config import PHASES
-from tests.fixtures.incus import Incus
+from pikaci.incus.guard import guarded_instance
+from pikaci.incus.hosts import LocalHost
+from tests.fixtures.incus import Incus, incus_env
 from tests.fixtures.projects import LaneSpec, interrupt_when_printed
-from tests.fixtures.sshd import Sshd
 from tests.fixtures.staged import BUILD_ROOT, DEPS_ROOT, WRAPPERS
+from tests.fixtures.support import REPO_ROOT
 
 IMAGE_CACHE = Path(os.environ.get("PIKACI_INCUS_CACHE", "/var/cache/pikaci/incus"))
 
 
 def lane(lane_id: str, command: str, placement: str = "remote_ssh", **kwargs) -> LaneSpec:  # type: ignore[no-untyped-def]
     return LaneSpec(lane_id, command, placement=placement, runtime="incus", **kwargs)
-
-
-def incus_env(incus: Incus) -> Dict[str, str]:
-    return {
-        "PIKACI_INCUS_PROJECT": incus.project,
-        "PIKACI_INCUS_PROFILE": incus.profile,
-        "PIKACI_INCUS_IMAGE_ALIAS": incus.image_alias,
-        "PIKACI_INCUS_INSTANCE_TYPE": "container",
-        "PIKACI_INCUS_SUDO": "0",
-    }
-
-
-@pytest.fixture(scope="module")
-def incus_builder(sshd: Sshd, incus: Incus) -> Iterator[Dict[str, str]]:
-    """The loopback builder with incus rights, over a connection opened after it got them."""
-    subprocess.run(["usermod", "-aG", "incus-admin", sshd.user], check=True)
-    control = tempfile.mkdtemp(prefix="pci-", dir="/tmp")  # a fresh master: new groups
-    yield {
-        **incus_env(incus),
-        "PIKACI_BUILDER": sshd.host,
-        "PIKACI_BUILDER_SSH_CONFIG": str(sshd.ssh_config),
-        "PIKACI_BUILDER_WORK_DIR": str(sshd.work_dir()),
-        "PIKACI_BUILDER_NIX_STORE": f"{sshd.work_dir()}/store",
-        "TMPDIR": control,
-    }
 
 
 def only_job(project) -> Dict[str, object]:  # type: ignore[no-untyped-def]
@@ -217,3 +197,57 @@ def test_the_image_task_imports_only_when_the_alias_moved(make_project, incus, t
         check=False,
         capture_output=True,
     )
+
+
+def test_a_guard_deletes_its_instance_unless_the_block_ends_cleanly(incus):
+    settings = incus_config.incus_settings_from_environment(incus_env(incus), sudo_default=False)
+    host = LocalHost(log=lambda line: None)
+    name = incus.new_name()
+    incus.run(*incus.init_args(name))
+    try:
+        with guarded_instance(host, settings, name):
+            pass  # the lane ended normally: its own delete is enough
+        assert name in incus.instances(name)
+        with pytest.raises(RuntimeError), guarded_instance(host, settings, name):
+            raise RuntimeError("the lane broke off")
+        deadline = time.monotonic() + 30
+        while name in incus.instances(name):
+            assert time.monotonic() < deadline, "the guard left the instance"
+            time.sleep(0.2)
+    finally:
+        incus.delete(name)
+
+
+def test_a_guard_whose_holder_dies_deletes_the_instance(incus, tmp_path):
+    """The holder is a process SIGKILLed while it holds the guard, as a killed `doit run` is."""
+    name = incus.new_name()
+    incus.run(*incus.init_args(name))
+    holder = textwrap.dedent(
+        f"""\
+        import os, sys, time
+        from pikaci.incus import config
+        from pikaci.incus.guard import guarded_instance
+        from pikaci.incus.hosts import LocalHost
+        settings = config.incus_settings_from_environment(os.environ, sudo_default=False)
+        with guarded_instance(LocalHost(log=lambda line: None), settings, {name!r}):
+            print("held", flush=True)
+            time.sleep(300)
+        """
+    )
+    env = {**os.environ, **incus_env(incus), "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", holder], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+        assert name in incus.instances(name)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while name in incus.instances(name):
+            assert time.monotonic() < deadline, "the guard left the instance"
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+        incus.delete(name)
