@@ -53,6 +53,22 @@ def parts_below(root: PathLike, path: PathLike) -> Optional[List[str]]:
     return None
 
 
+def rebased(root: PathLike, path: PathLike) -> Path:
+    """Where `path` (from a record, maybe of a root that has moved since) is below `root` now;
+    `path` itself when it is not below any `runs/`."""
+    parts = parts_below(root, path)
+    return Path(root, *parts) if parts else Path(path)
+
+
+def is_regular_below(root: PathLike, path: PathLike) -> bool:
+    """`open_below` would open it: a regular file below `root`, reached without links."""
+    try:
+        open_below(root, path).close()
+    except OSError:
+        return False
+    return True
+
+
 def open_below(root: PathLike, path: PathLike) -> BinaryIO:
     """A regular file below `root`, opened without following links.
 

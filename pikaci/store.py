@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, TextIO
 
-from pikaci.confined import parts_below, read_json_below, read_regular
+from pikaci.confined import is_regular_below, parts_below, read_json_below, read_regular, rebased
 from pikaci.events import JobLogsMetadata, RunLogsMetadata
 from pikaci.ids import ID_RULE, is_safe_id
 from pikaci.model import (
@@ -373,10 +373,12 @@ def _created_key(run: RunRecord) -> Any:
 
 
 def job_log_paths(state: StateRoot, run: RunRecord, job: JobRecord) -> tuple[Path, Path]:
+    """Where the job's logs are now: the record's absolute paths, rebased on this root when
+    the root has moved since (both keep the layout below `runs/`)."""
     job_dir = state.runs_dir / run.run_id / "jobs" / job.id
     host = Path(job.host_log_path) if job.host_log_path else job_dir / HOST_LOG
     guest = Path(job.guest_log_path) if job.guest_log_path else job_dir / "artifacts" / GUEST_LOG
-    return host, guest
+    return rebased(state.root, host), rebased(state.root, guest)
 
 
 def load_logs_metadata(state: StateRoot, run: RunRecord) -> RunLogsMetadata:
@@ -389,8 +391,8 @@ def load_logs_metadata(state: StateRoot, run: RunRecord) -> RunLogsMetadata:
                 id=job.id,
                 host_log_path=str(host),
                 guest_log_path=str(guest),
-                host_log_exists=host.is_file(),
-                guest_log_exists=guest.is_file(),
+                host_log_exists=is_regular_below(state.root, host),
+                guest_log_exists=is_regular_below(state.root, guest),
             )
         )
     return RunLogsMetadata(run_id=run.run_id, status=run.status, jobs=jobs)
@@ -398,7 +400,7 @@ def load_logs_metadata(state: StateRoot, run: RunRecord) -> RunLogsMetadata:
 
 def prepared_outputs_path(state: StateRoot, run: RunRecord) -> Path:
     if run.prepared_outputs_path:
-        return Path(run.prepared_outputs_path)
+        return rebased(state.root, run.prepared_outputs_path)
     return state.runs_dir / run.run_id / PREPARED_OUTPUTS_FILE
 
 

@@ -27,12 +27,12 @@ import stat
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from pikaci.confined import read_json_below
 from pikaci.guest import runner as guest
 from pikaci.model import RecordError, TerminalResult
 from pikaci.payloads.manifest import PayloadMount
 from pikaci.payloads.staged import StagedOutput
 from pikaci.runtimes.base import JobContext, Outcome, write_result
-from pikaci.store import read_json_object
 
 BWRAP = "bwrap"
 GUEST_SW = guest.SYSTEM_SW
@@ -333,7 +333,7 @@ def runner_outcome(
     else:
         try:
             return Outcome.from_result(load_result())
-        except (FileNotFoundError, RecordError) as exc:
+        except (OSError, RecordError) as exc:
             message = f"guest runner left no usable result (exit {code}): {exc}"
             outcome = Outcome.failure(message, code)
     write_result(ctx, outcome)
@@ -343,8 +343,14 @@ def runner_outcome(
     return outcome
 
 
-def result_file_loader(path: Path) -> Callable[[], TerminalResult]:
-    return lambda: TerminalResult.from_dict(read_json_object(path), str(path))
+def result_file_loader(ctx: JobContext, path: Path) -> Callable[[], TerminalResult]:
+    """Reads a result.json the lane could have replaced (a link, a FIFO, a huge file): below
+    the job directory, links refused at every step, regular files only."""
+    return lambda: load_result(ctx, path)
+
+
+def load_result(ctx: JobContext, path: Path) -> TerminalResult:
+    return TerminalResult.from_dict(read_json_below(ctx.job_dir, path), str(path))
 
 
 def collect_runtime_dir(ctx: JobContext, outcome: Outcome) -> Outcome:
@@ -357,8 +363,8 @@ def collect_runtime_dir(ctx: JobContext, outcome: Outcome) -> Outcome:
     finally:
         shutil.rmtree(run_dir.parent, ignore_errors=True)
     try:
-        result = result_file_loader(ctx.result_path)()
-    except (FileNotFoundError, RecordError) as exc:
+        result = load_result(ctx, ctx.result_path)
+    except (OSError, RecordError) as exc:
         return Outcome.failure(f"collect: no usable result.json: {exc}", outcome.exit_code)
     return Outcome.from_result(result)
 

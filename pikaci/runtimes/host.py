@@ -16,11 +16,13 @@ import time
 from pathlib import Path
 from typing import Dict, Iterator
 
-from pikaci.model import RUN_PASSED, RecordError, TerminalResult
+from pikaci.confined import read_json_below
+from pikaci.model import RUN_PASSED, RecordError
 from pikaci.runtimes.base import JobContext, Outcome, write_result
+from pikaci.runtimes.guest_layout import load_result
 from pikaci.runtimes.process import run_streamed
 from pikaci.runtimes.reaping import reaped
-from pikaci.store import file_lock, read_json_object, write_json
+from pikaci.store import file_lock, write_json
 
 SHELL = ("/bin/bash", "--noprofile", "--norc", "-lc")
 KILL_GRACE_SECS = 5.0
@@ -56,12 +58,11 @@ class HostProcessRuntime:
         return outcome
 
     def collect(self, ctx: JobContext, outcome: Outcome) -> Outcome:
-        # the command wrote straight into the job directory; the result file is authoritative
+        # the command wrote straight into the job directory; the result file is authoritative,
+        # read as the lane may have left it (a link, a FIFO): confined to the job directory
         try:
-            result = TerminalResult.from_dict(
-                read_json_object(ctx.result_path), str(ctx.result_path)
-            )
-        except (FileNotFoundError, RecordError) as exc:
+            result = load_result(ctx, ctx.result_path)
+        except (OSError, RecordError) as exc:
             message = f"collect: missing or invalid {ctx.result_path.name}: {exc}"
             ctx.host_log.note(message)
             return Outcome.failure(message, outcome.exit_code)
@@ -89,8 +90,8 @@ def _materialize(ctx: JobContext, scope: Path) -> Path:
     workspace = scope / "workspace"
     marker = scope / _MARKER
     try:
-        current = read_json_object(marker).get("snapshot_id")
-    except (FileNotFoundError, RecordError):
+        current = read_json_below(scope, marker).get("snapshot_id")
+    except (OSError, RecordError):  # missing, or something a lane put there
         current = None
     if current == ctx.snapshot_id and workspace.is_dir():
         ctx.host_log.note(f"workspace up to date with snapshot {ctx.content_hash[:12]}")

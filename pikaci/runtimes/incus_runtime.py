@@ -120,7 +120,7 @@ class IncusRuntime:
                 code, timed_out = _run_guest(ctx, host, settings, instance)
             with phases.phase("collect_artifacts"):
                 _pull_run_dir(ctx, host, settings, instance)
-        load = result_file_loader(runtime_dir(ctx) / "result.json")
+        load = result_file_loader(ctx, runtime_dir(ctx) / "result.json")
         return runner_outcome(ctx, load, code, timed_out)
 
     def collect(self, ctx: JobContext, outcome: Outcome) -> Outcome:

@@ -16,8 +16,9 @@ import time
 from typing import Dict
 
 from pikaci.builder.layout import RemoteLayout
-from pikaci.model import RUN_PASSED, RecordError, TerminalResult
+from pikaci.model import RUN_PASSED, RecordError
 from pikaci.runtimes.base import JobContext, Outcome, write_result
+from pikaci.runtimes.guest_layout import load_result
 from pikaci.runtimes.reaping import reaper_source
 from pikaci.runtimes.remote_common import (
     extract_archive,
@@ -26,7 +27,6 @@ from pikaci.runtimes.remote_common import (
     require_builder,
     streamer,
 )
-from pikaci.store import read_json_object
 
 TIMED_OUT = 124
 NO_PYTHON = (
@@ -77,10 +77,8 @@ class RemoteHostProcessRuntime:
         transport.run("remove workspace", f"rm -rf {_q(job)}/workspace")
         extract_archive(archive.stdout, ctx.artifacts_dir, ctx.host_log.note)
         try:
-            result = TerminalResult.from_dict(
-                read_json_object(ctx.result_path), str(ctx.result_path)
-            )
-        except (FileNotFoundError, RecordError) as exc:
+            result = load_result(ctx, ctx.result_path)
+        except (OSError, RecordError) as exc:
             return Outcome.failure(f"collect: missing or invalid result.json: {exc}", None)
         return Outcome.from_result(result)
 

@@ -67,7 +67,8 @@ class BubblewrapRuntime:
             ctx, argv, ctx.lane.timeout_secs + HOST_TIMEOUT_GRACE_SECS, b"[runner:stdout] "
         )
         ctx.host_log.note(f"sandbox exited with {code} after {time.monotonic() - started:.2f}s")
-        return runner_outcome(ctx, result_file_loader(run_dir / guest.RESULT_FILE), code, timed_out)
+        load = result_file_loader(ctx, run_dir / guest.RESULT_FILE)
+        return runner_outcome(ctx, load, code, timed_out)
 
     def collect(self, ctx: JobContext, outcome: Outcome) -> Outcome:
         return collect_runtime_dir(ctx, outcome)

@@ -129,3 +129,21 @@ def test_rerun_executes_on_the_old_snapshot(project_with_runs):
     assert "snapshot:main" in executed_tasks(after.stdout)
     missing = project.pikaci("rerun", "20200101T000000Z-00000000")
     assert missing.returncode == 1 and "not found" in missing.stderr
+
+
+def test_a_moved_state_root_keeps_its_logs_and_runs(project_with_runs, tmp_path):
+    """Records name their logs by absolute path (the reference's contract); a root moved or
+    restored elsewhere still finds them, below its own `runs/`."""
+    project = project_with_runs
+    run_id = project.run_ids()[-1]
+    moved = tmp_path / "restored" / "state"
+    moved.parent.mkdir()
+    project.state_root.rename(moved)
+    env = {**project.env, "PIKACI_STATE_ROOT": str(moved)}
+    logs = project.pikaci("logs", run_id, env=env)
+    assert logs.returncode == 0, logs.stderr
+    assert "alpha-out" in logs.stdout and "guest-side" in logs.stdout
+    meta = orjson.loads(project.pikaci("logs", run_id, "--metadata-json", env=env).stdout)
+    assert all(job["host_log_exists"] and job["guest_log_exists"] for job in meta["jobs"])
+    listing = project.pikaci("list", env=env)
+    assert listing.returncode == 0 and len(listing.stdout.splitlines()) == 3
