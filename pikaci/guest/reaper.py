@@ -7,8 +7,9 @@ the command starts that loses its parent becomes the reaper's child instead of i
 that started a session of its own (`setsid -f`, a daemon's double fork) and so escaped the
 process group that the orchestrator kills. When the command exits, or the reaper gets SIGTERM,
 SIGINT or SIGHUP, every process still below the reaper gets SIGTERM and, after a grace period,
-SIGKILL; each one is named on stderr (the job's host log). The exit status is the command's
-(128+N when a signal N ended it or the reaper).
+SIGKILL; each one is named on stderr (the job's host log). A process that forks and exits in a
+loop is caught too: see `sweep`. The exit status is the command's (128+N when a signal N ended
+it or the reaper).
 
 Standard library only, Python 3.9+, Linux: it runs on this machine and is copied to builders
 for `remote_ssh` + `host_process` lanes.
@@ -28,6 +29,9 @@ PR_SET_CHILD_SUBREAPER = 36
 GRACE_SECS = 2.0
 SWEEP_LIMIT_SECS = 10.0
 POLL_SECS = 0.05
+QUIET_CHECKS = 3
+FAST_ROUNDS = 200
+NAMED_AT_MOST = 20  # a process forking in a loop is many processes
 PREFIX = "[pikaci] "
 
 
@@ -79,43 +83,85 @@ def describe(pid: int) -> str:
     return text[:200] or "?"
 
 
-def reap_children() -> None:
-    """Collect every child that has exited, adopted orphans included."""
+def reap_children() -> int:
+    """Collect every child that has exited, adopted orphans included; how many there were."""
+    collected = 0
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            return collected
         if pid == 0:
-            return
+            return collected
+        collected += 1
+
+
+def direct_children(me: int) -> List[int]:
+    """Our children, read in one step from the kernel (where it lists them), so a process that
+    forks and exits in a loop cannot hide between the entries of a /proc scan."""
+    try:
+        with open(f"/proc/{me}/task/{me}/children", "rb") as handle:
+            return [int(word) for word in handle.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def signal_all(pids: List[int], signum: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
 
 
 def sweep(me: int) -> None:
     """SIGTERM everything below `me`, SIGKILL what is left after the grace period, until nothing
-    is left (orphans of killed processes keep arriving as our children)."""
+    is left (orphans of killed processes keep arriving as our children).
+
+    The tree counts as empty only when QUIET_CHECKS scans in a row, POLL_SECS apart, find no
+    process below us and no child exited in between: a process that forks and exits in a loop
+    is never in one scan, but every member it leaves exits as our child."""
     named: Dict[int, str] = {}
     deadline = time.monotonic() + SWEEP_LIMIT_SECS
     term_sent_at: Optional[float] = None
+    quiet = 0
+    left: List[int] = []
     while time.monotonic() < deadline:
-        reap_children()
-        left = descendants(me)
-        if not left:
-            break
+        exited = reap_children()
+        left = sorted(set(direct_children(me)) | set(descendants(me)))
+        if not left and not exited:
+            quiet += 1
+            if quiet >= QUIET_CHECKS:
+                break
+            time.sleep(POLL_SECS)
+            continue
+        quiet = 0
         now = time.monotonic()
         fresh = [pid for pid in left if pid not in named]
         for pid in fresh:
             named[pid] = describe(pid)
         escalate = term_sent_at is not None and now - term_sent_at >= GRACE_SECS
-        for pid in left if escalate else fresh:
-            try:
-                os.kill(pid, signal.SIGKILL if escalate else signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        if term_sent_at is None:
-            term_sent_at = now
-        time.sleep(POLL_SECS)
-    for pid, command in sorted(named.items()):
+        if escalate:
+            # SIGKILL what appears as fast as it appears: a killed process cannot fork any more
+            for _ in range(FAST_ROUNDS):
+                signal_all(left, signal.SIGKILL)
+                reap_children()
+                left = direct_children(me)
+                if not left:
+                    break
+        else:
+            signal_all(fresh, signal.SIGTERM)
+            if term_sent_at is None:
+                term_sent_at = now
+            time.sleep(POLL_SECS)
+    stopped = sorted(named.items())
+    for pid, command in stopped[:NAMED_AT_MOST]:
         say(f"killed process {pid} the lane left running: {command}")
+    if len(stopped) > NAMED_AT_MOST:
+        say(f"killed {len(stopped) - NAMED_AT_MOST} more process(es) the lane left running")
+    if time.monotonic() >= deadline and left:
+        limit = f"{SWEEP_LIMIT_SECS:.0f} s"
+        say(f"could not stop {len(left)} process(es) the lane left running within {limit}")
 
 
 def say(line: str) -> None:

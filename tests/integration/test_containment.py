@@ -4,6 +4,7 @@ session of its own (`setsid -f`) is stopped with the lane and named in the job's
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -65,3 +66,38 @@ def test_a_timed_out_lane_takes_its_escaped_processes_with_it(make_project) -> N
     assert survivors(tag) == ""  # even one that ignores SIGTERM
     (job,) = project.latest_run()["jobs"]  # type: ignore[misc]
     assert job["status"] == "failed" and "timed out after 2s" in job["message"]
+
+
+FORK_CHAIN = """
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+end = time.time() + float(sys.argv[1])
+if os.fork():
+    os._exit(0)
+os.setsid()
+while time.time() < end:
+    if os.fork():
+        os._exit(0)  # the process is a new one every few hundred microseconds
+open(sys.argv[2], "w").write("survived")
+"""
+
+
+def test_a_process_that_forks_and_exits_in_a_loop_does_not_outlive_its_lane(
+    make_project, tmp_path: Path
+) -> None:
+    """Never in one /proc scan and deaf to SIGTERM: only a sweep that watches its orphans
+    arrive and kills them as they come catches it."""
+    tag = f"pikaci-chain-{uuid.uuid4().hex[:12]}"
+    mark = tmp_path / "mark"
+    script = tmp_path / f"{tag}.py"
+    script.write_text(FORK_CHAIN)
+    command = f"{sys.executable} {script} {ESCAPE_SECS + 3} {mark}; sleep 0.5; echo lane done"
+    project = make_project([LaneSpec("chain", command)])
+    done = project.doit("run", "lane:chain")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert survivors(tag) == ""
+    time.sleep(ESCAPE_SECS + 4)
+    assert not mark.exists(), "a forking process the lane started outlived it"
+    (job,) = project.latest_run()["jobs"]  # type: ignore[misc]
+    host_log = Path(job["host_log_path"]).read_text()
+    assert "[pikaci] killed process" in host_log
