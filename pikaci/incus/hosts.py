@@ -23,6 +23,7 @@ from typing import (
     Sequence,
 )
 
+from pikaci import stdout_apart
 from pikaci.builder.held import held_command
 from pikaci.builder.transport import Transport
 from pikaci.incus import commands as incus
@@ -38,17 +39,23 @@ class IncusRuntimeError(Exception):
 @dataclass(frozen=True)
 class HostResult:
     exit_code: int
-    stdout: bytes
+    stdout: bytes  # stdout and stderr as one stream, unless it came from `captured`
+    stderr: bytes = b""
 
     @property
     def text(self) -> str:
         return self.stdout.decode("utf-8", "replace")
+
+    @property
+    def errors(self) -> str:
+        return self.stderr.decode("utf-8", "replace")
 
 
 class IncusHost(Protocol):
     """Where the `incus` client runs."""
 
     name: str
+    log: Callable[[str], None]
 
     def script(
         self,
@@ -170,6 +177,7 @@ class BuilderHost:
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
         self.name = transport.builder.host
+        self.log = transport.log
 
     def script(
         self,
@@ -194,16 +202,30 @@ def quote_argv(words: Sequence[str]) -> str:
 
 
 def command_failed(host: IncusHost, what: str, result: HostResult) -> IncusRuntimeError:
-    lines = [line.strip() for line in result.text.splitlines() if line.strip()]
+    said = result.errors if result.stderr.strip() else result.text
+    lines = [line.strip() for line in said.splitlines() if line.strip()]
     tail = lines[-1][:300] if lines else ""
     return IncusRuntimeError(
         f"{what} on {host.name} failed (exit {result.exit_code})" + (f": {tail}" if tail else "")
     )
 
 
+def captured(host: IncusHost, label: str, argv: Sequence[str], **kwargs: Any) -> HostResult:
+    """One incus command whose stdout is parsed: stdout apart, stderr (a first run's welcome
+    text, warnings) into the log line by line and kept for the error message."""
+    apart = stdout_apart.apart_script(quote_argv(argv))
+    done = host.script(label, apart.script, **kwargs)
+    stdout, stderr = stdout_apart.split(done.stdout, apart.mark)
+    for line in stderr.decode("utf-8", "replace").splitlines():
+        if line.strip():
+            host.log(f"{label}: stderr: {line}")
+    return HostResult(done.exit_code, stdout, stderr)
+
+
 def run_checked(host: IncusHost, label: str, argv: Sequence[str], **kwargs: Any) -> HostResult:
-    """One incus command; a non-zero exit is an IncusRuntimeError naming it."""
-    done = host.script(label, quote_argv(argv), **kwargs)
+    """One incus command, stdout apart (see `captured`); a non-zero exit is an
+    IncusRuntimeError naming it."""
+    done = captured(host, label, argv, **kwargs)
     if done.exit_code != 0:
         raise command_failed(host, label, done)
     return done

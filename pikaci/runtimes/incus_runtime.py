@@ -35,7 +35,15 @@ from pikaci.builder.transport import RemoteCommandError
 from pikaci.incus import commands as incus
 from pikaci.incus import config as incus_config
 from pikaci.incus.guard import guarded_instance
-from pikaci.incus.hosts import BuilderHost, IncusHost, LocalHost, command_failed, quote_argv, reap
+from pikaci.incus.hosts import (
+    BuilderHost,
+    IncusHost,
+    LocalHost,
+    captured,
+    command_failed,
+    quote_argv,
+    reap,
+)
 from pikaci.model import IncusImage, PhaseTiming, RemoteLinuxVmExecution, dumps_pretty
 from pikaci.runtimes.base import JobContext, Outcome
 from pikaci.runtimes.guest_layout import (
@@ -179,7 +187,7 @@ def _prepare(
     devices: Sequence[List[str]],
 ) -> IncusImage:
     reap(host, settings, _reap_after_secs(), ctx.host_log.note, keep_run_ids=(ctx.run_id,))
-    listed = host.script("image identity", quote_argv(incus.image_list_argv(settings)))
+    listed = captured(host, "image identity", incus.image_list_argv(settings))
     if listed.exit_code != 0:
         raise command_failed(host, f"incus image list {settings.image_alias}", listed)
     image = incus.parse_image_identity(listed.text, settings)
@@ -261,7 +269,7 @@ def _pull_run_dir(
     argv = incus.exec_argv(
         settings, instance, ["tar", "-C", incus_config.GUEST_RUN_DIR, "-cf", "-", "."]
     )
-    done = host.script("collect guest files", quote_argv(argv))
+    done = captured(host, "collect guest files", argv)  # a tar archive: stdout alone
     if done.exit_code != 0:
         raise command_failed(host, "collecting the guest's files", done)
     staging = runtime_dir(ctx)

@@ -21,6 +21,7 @@ from pikaci.incus.guard import guarded_instance
 from pikaci.incus.hosts import LocalHost
 from tests.fixtures.incus import Incus, incus_env
 from tests.fixtures.projects import LaneSpec, interrupt_when_printed
+from tests.fixtures.sshd import USER_HOME
 from tests.fixtures.staged import BUILD_ROOT, DEPS_ROOT, WRAPPERS
 from tests.fixtures.support import REPO_ROOT
 
@@ -145,6 +146,37 @@ def test_a_local_incus_lane(make_project, incus):
     assert (job["status"], job["executor"]) == ("passed", "local_incus")
     assert phases(job) == ALL_PHASES
     assert "[here] 1000" in done.stdout
+    assert gone(project, incus)
+
+
+def test_a_first_incus_command_ever_does_not_break_a_local_lane(make_project, incus, tmp_path):
+    """A user who never ran `incus` gets a welcome text on stderr from the first command; the
+    lane passes anyway, and the text is in the job log, not in what was parsed."""
+    home = tmp_path / "fresh-home"
+    home.mkdir()
+    project = make_project([lane("first", "echo hi", placement="local")])
+    done = project.doit("run", "lane:first", env={**incus_env(incus), "HOME": str(home)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (home / ".config" / "incus").is_dir()  # the run was the first incus use there
+    job = only_job(project)
+    assert job["status"] == "passed"
+    host_log = Path(str(job["host_log_path"])).read_text()
+    assert "stderr: To start your first container" in host_log
+    assert gone(project, incus)
+
+
+def test_a_builder_user_who_never_ran_incus_passes_its_first_lane(
+    make_project, incus_builder, incus
+):
+    config = USER_HOME / ".config" / "incus"
+    subprocess.run(["rm", "-rf", str(config)], check=True)
+    project = make_project([lane("first", "echo hi")])
+    done = project.doit("run", "lane:first", env=incus_builder)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert config.is_dir()  # the lane's commands were the user's first incus commands
+    job = only_job(project)
+    assert job["status"] == "passed"
+    assert "stderr: To start your first container" in Path(str(job["host_log_path"])).read_text()
     assert gone(project, incus)
 
 
