@@ -270,7 +270,7 @@ def _check_abs(path: str, what: str) -> None:
 # -- parsing --------------------------------------------------------------------------------
 
 
-def _load_json(text: str, what: str) -> Any:
+def load_json(text: str, what: str) -> Any:
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError as exc:
@@ -282,7 +282,7 @@ def parse_image_identity(json_text: str, settings: IncusSettings) -> IncusImage:
     (the list filter also matches prefixes such as `pikaci/dev2`)."""
     alias, project = settings.image_alias, settings.project
     what = f"Incus image `{alias}` in project `{project}`"
-    records = _load_json(json_text, what)
+    records = load_json(json_text, what)
     if not isinstance(records, list):
         raise IncusError(f"{what}: expected a JSON list of images")
     matches = [
@@ -310,7 +310,7 @@ class OwnedInstance(NamedTuple):
 
 def parse_owned_instances(json_text: str) -> List[OwnedInstance]:
     """Instances of `incus list --format json` that carry pikaci's ownership marker."""
-    records = _load_json(json_text, "incus list")
+    records = load_json(json_text, "incus list")
     if not isinstance(records, list):
         raise IncusError("incus list: expected a JSON list of instances")
     owned: List[OwnedInstance] = []

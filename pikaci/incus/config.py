@@ -3,6 +3,7 @@ paths and lifecycle files, and the vocabulary the commands are built from."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import (
     Mapping,
@@ -18,6 +19,14 @@ DEFAULT_PROJECT = "pika-managed-agents"
 DEFAULT_PROFILE = "pika-agent-dev"
 DEFAULT_IMAGE_ALIAS = "pikaci/dev"
 DEFAULT_STORAGE_POOL = "default"
+# how an instance comes to exist: `incus init` from the image (a snapshot of it on a
+# copy-on-write pool), `incus copy` of a prepared base instance (a plain copy on a `dir` pool,
+# much cheaper than unpacking the image), or the better of the two for the pool's driver
+CREATE_AUTO = "auto"
+CREATE_IMAGE = "image"
+CREATE_COPY = "copy"
+CREATE_MODES = (CREATE_AUTO, CREATE_IMAGE, CREATE_COPY)
+COPY_ON_WRITE_DRIVERS = ("btrfs", "zfs", "lvm", "lvmcluster", "ceph")
 DEFAULT_CPUS = 2
 DEFAULT_MEMORY_MIB = 4096
 DEFAULT_READY_ATTEMPTS = 120
@@ -29,6 +38,7 @@ INSTANCE_CONTAINER = "container"
 INSTANCE_TYPES = (INSTANCE_VM, INSTANCE_CONTAINER)
 
 INSTANCE_PREFIX = "pikaci-"
+POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # also safe in an API path
 READ_ONLY_IO_BUS = "virtiofs"
 
 # ownership marker: the run that created an instance and when; `user.*` keys are free-form
@@ -74,6 +84,8 @@ ENV_PROFILE = "PIKACI_INCUS_PROFILE"
 ENV_IMAGE_ALIAS = "PIKACI_INCUS_IMAGE_ALIAS"
 ENV_INSTANCE_TYPE = "PIKACI_INCUS_INSTANCE_TYPE"
 ENV_SUDO = "PIKACI_INCUS_SUDO"
+ENV_STORAGE_POOL = "PIKACI_INCUS_STORAGE_POOL"
+ENV_CREATE = "PIKACI_INCUS_CREATE"
 # the names the replaced system read; ours win when both are set
 LEGACY_ENV = {
     ENV_PROJECT: "PIKACI_REMOTE_LINUX_VM_INCUS_PROJECT",
@@ -107,6 +119,7 @@ class IncusSettings:
     cpus: int = DEFAULT_CPUS
     memory_mib: int = DEFAULT_MEMORY_MIB
     storage_pool: str = DEFAULT_STORAGE_POOL
+    create: str = CREATE_AUTO
     ready_attempts: int = DEFAULT_READY_ATTEMPTS
     ready_interval_secs: float = DEFAULT_READY_INTERVAL_SECS
     program: Tuple[str, ...] = ("incus",)
@@ -120,6 +133,12 @@ class IncusSettings:
                 raise ValueError(f"Incus {name} must be a non-empty string")
         if not isinstance(self.profile, str):
             raise ValueError("Incus profile must be a string")
+        if not POOL_NAME.fullmatch(self.storage_pool):
+            raise ValueError(f"Incus storage pool name {self.storage_pool!r} is not valid")
+        if self.create not in CREATE_MODES:
+            raise ValueError(
+                f"Incus create must be one of {', '.join(CREATE_MODES)}, got {self.create!r}"
+            )
         if self.instance_type not in INSTANCE_TYPES:
             raise ValueError(
                 f"Incus instance type must be one of {', '.join(INSTANCE_TYPES)}, "
@@ -159,11 +178,21 @@ def incus_settings_from_environment(
             f"got {env.get(ENV_INSTANCE_TYPE)!r}"
         )
     sudo = _env_bool(env, ENV_SUDO, sudo_default)
+    pool = _env(env, ENV_STORAGE_POOL) or DEFAULT_STORAGE_POOL
+    if not POOL_NAME.fullmatch(pool):
+        raise ValueError(f"{ENV_STORAGE_POOL}: not a storage pool name: {pool!r}")
+    create = _env(env, ENV_CREATE).lower() or CREATE_AUTO
+    if create not in CREATE_MODES:
+        raise ValueError(
+            f"{ENV_CREATE} must be one of {', '.join(CREATE_MODES)}, got {env.get(ENV_CREATE)!r}"
+        )
     return IncusSettings(
         project=_env(env, ENV_PROJECT) or DEFAULT_PROJECT,
         profile=_env(env, ENV_PROFILE) or DEFAULT_PROFILE,
         image_alias=_env(env, ENV_IMAGE_ALIAS) or DEFAULT_IMAGE_ALIAS,
         instance_type=instance_type,
+        storage_pool=pool,
+        create=create,
         program=("sudo", "incus") if sudo else ("incus",),
     )
 

@@ -34,6 +34,7 @@ from pikaci.builder.layout import RemoteLayout
 from pikaci.builder.transport import RemoteCommandError
 from pikaci.incus import commands as incus
 from pikaci.incus import config as incus_config
+from pikaci.incus.creation import plan_creation
 from pikaci.incus.guard import guarded_instance
 from pikaci.incus.hosts import (
     BuilderHost,
@@ -65,7 +66,7 @@ from pikaci.runtimes.remote_common import (
     require_builder,
     streamer,
 )
-from pikaci.timestamps import duration_ms, now_timestamp
+from pikaci.timestamps import duration_ms, now_timestamp, utc_now
 
 ENV_REAP_AFTER = "PIKACI_INCUS_REAP_AFTER_SECS"
 READY_POLL_SECS = 0.2
@@ -192,6 +193,8 @@ def _prepare(
         raise command_failed(host, f"incus image list {settings.image_alias}", listed)
     image = incus.parse_image_identity(listed.text, settings)
     ctx.host_log.note(f"image {image.alias} in project {image.project}: {image.fingerprint}")
+    creation = plan_creation(host, settings, image, ctx.host_log.note, utc_now)
+    ctx.host_log.note(creation.describe())
     owner = incus.owner_config(ctx.run_id, now_timestamp())
     # the bound is upstream's (attempts x interval); polled finer, since a container is
     # usually ready a fraction of a second after `start`
@@ -201,7 +204,7 @@ def _prepare(
     lines = [
         "set -eu",
         f"{quote_argv(incus.delete_argv(settings, instance))} >/dev/null 2>&1 || true",
-        quote_argv(incus.init_argv(settings, instance, owner)),
+        quote_argv(creation.create_argv(settings, instance, owner)),
         *[
             # sources resolved on the host that mounts them, as upstream
             _device_line(argv)

@@ -180,9 +180,52 @@ def test_a_builder_user_who_never_ran_incus_passes_its_first_lane(
     assert gone(project, incus)
 
 
+def test_on_a_copy_on_write_pool_instances_come_from_the_image(make_project, incus):
+    project = make_project([lane("cow", "true", placement="local")])
+    done = project.doit("run", "lane:cow", env=incus_env(incus))
+    assert done.returncode == 0, done.stdout + done.stderr
+    host_log = Path(str(only_job(project)["host_log_path"])).read_text()
+    driver = "btrfs" if incus.storage_pool == "pikaci" else "dir"
+    said = f"storage pool {incus.storage_pool} ({driver}): instances by "
+    assert said + ("incus init from the image" if driver == "btrfs" else "copy") in host_log
+
+
+def test_on_a_dir_pool_instances_are_copies_of_a_base_made_once(make_project, incus):
+    """The `dir` pool unpacks the image for every `incus init`: lanes copy a prepared base
+    instead. The first lane makes it (and removes a base of another image), the next copies."""
+    env = {**incus_env(incus), "PIKACI_INCUS_STORAGE_POOL": "default"}
+    stale = "pikaci-base-5ta1e0000000"
+    incus.run(
+        "init", "--storage", "default", "-c", "user.pikaci.base-image=" + "0" * 64,
+        incus.image_alias, stale,
+    )  # fmt: skip
+    project = make_project(
+        [lane("one", "echo one", placement="local"), lane("two", "echo two", placement="local")]
+    )
+    made: List[str] = []
+    try:
+        first = project.doit("run", "lane:one", env=env)
+        assert first.returncode == 0, first.stdout + first.stderr
+        made = incus.instances("pikaci-base-")
+        log = Path(str(only_job(project)["host_log_path"])).read_text()
+        assert "storage pool default (dir): instances by copy of base instance" in log
+        assert "made base instance pikaci-base-" in log
+        assert stale not in made and len(made) == 1  # the other image's base is gone
+        assert f"incus copy --project {incus.project} {made[0]} " in log
+        second = project.doit("run", "lane:two", env=env)
+        assert second.returncode == 0, second.stdout + second.stderr
+        log = Path(str(only_job(project)["host_log_path"])).read_text()
+        assert f"copy of base instance {made[0]}" in log and "made base instance" not in log
+        assert incus.instances("pikaci-base-") == made
+        assert gone(project, incus)
+    finally:
+        for name in {stale, *made}:
+            incus.delete(name)
+
+
 def test_the_reaper_removes_old_marked_instances_only(make_project, incus):
     project = make_project([lane("x", "true", placement="local")])
-    base = ["incus", "init", "--project", incus.project, "--storage", "default"]
+    base = ["incus", "init", "--project", incus.project, "--storage", incus.storage_pool]
     old = "pikaci-orphan0001"
     stranger = "pikaci-not-ours01"
     subprocess.run(
