@@ -8,21 +8,24 @@ A throwaway repository declares one `local` + `incus` lane running `true` (a con
 the test image, the default profile only). Each of R runs is `doit forget` + `doit run`; the
 phases come from the job record's `remote_linux_vm_execution`. The guest command's own cost is
 measured apart: `incus exec <running instance> -- true` on a container started once. Overhead =
-the lane's execute time (sum of its phases) minus that bare exec. Results:
-`bench/results/incus_lane.json`.
+the lane's execute time (sum of its phases) minus that bare exec. It is measured on each
+storage pool of `--pools` (default: the set-up script's copy-on-write pool `pikaci`, then the
+`dir` pool `default`), and the results say which driver and creation path the runtime took
+there. Results: `bench/results/incus_lane.json`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from noop_rerun import (
     BenchError,
@@ -47,14 +50,25 @@ from tests.fixtures.projects import LaneSpec, new_repository, render_dodo  # noq
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "incus_lane.json"
 
 
-def incus_env(alias: str, project: str) -> Dict[str, str]:
+CREATION_LINE = re.compile(r"storage pool (\S+) \((\S+)\): instances by (.+)$", re.M)
+
+
+def incus_env(alias: str, project: str, pool: str, create: str = "auto") -> Dict[str, str]:
     return {
+        "PIKACI_INCUS_CREATE": create,
         "PIKACI_INCUS_PROJECT": project,
         "PIKACI_INCUS_PROFILE": "default",
         "PIKACI_INCUS_IMAGE_ALIAS": alias,
         "PIKACI_INCUS_INSTANCE_TYPE": "container",
         "PIKACI_INCUS_SUDO": "0",
+        "PIKACI_INCUS_STORAGE_POOL": pool,
     }
+
+
+def default_pools() -> List[str]:
+    """The set-up script's copy-on-write pool (when it could make one), then `default`."""
+    found = subprocess.run(["incus", "storage", "show", "pikaci"], capture_output=True)
+    return ["pikaci", "default"] if found.returncode == 0 else ["default"]
 
 
 def bare_exec_seconds(alias: str, project: str, repeat: int) -> List[float]:
@@ -74,13 +88,20 @@ def bare_exec_seconds(alias: str, project: str, repeat: int) -> List[float]:
         subprocess.run([*base, "delete", "--force", name], capture_output=True, check=False)
 
 
-def lane_samples(alias: str, project: str, repeat: int) -> List[Dict[str, float]]:
+def lane_samples(
+    alias: str, project: str, pool: str, create: str, repeat: int
+) -> Tuple[List[Dict[str, float]], Dict[str, str]]:
+    """Per-run phase times, and how the runtime created its instances (from the job log)."""
     with tempfile.TemporaryDirectory(prefix="pikaci-bench-incus-") as scratch:
         root, state = Path(scratch) / "repo", Path(scratch) / "state"
         lane = LaneSpec("trivial", "true", placement="local", runtime="incus")
         new_repository(root, state, {"dodo.py": render_dodo([lane])})
-        env = {**bench_env(state, Path(scratch) / "pycache"), **incus_env(alias, project)}
+        env = {
+            **bench_env(state, Path(scratch) / "pycache"),
+            **incus_env(alias, project, pool, create),
+        }
         samples = []
+        creation: Dict[str, str] = {}
         for index in range(repeat + 1):  # the first run warms caches and is not counted
             _, forget = timed_doit(["forget", "--all"], root, env)
             if forget.returncode != 0:
@@ -92,12 +113,16 @@ def lane_samples(alias: str, project: str, repeat: int) -> List[Dict[str, float]
                 continue
             runs = sorted((state / "runs").iterdir())
             record = json.loads((runs[-1] / "run.json").read_text())
-            execution = record["jobs"][0]["remote_linux_vm_execution"]
+            job = record["jobs"][0]
+            said = CREATION_LINE.search(Path(job["host_log_path"]).read_text())
+            if said:
+                creation = {"pool": said[1], "driver": said[2], "path": said[3]}
+            execution = job["remote_linux_vm_execution"]
             sample = {p["phase"]: p["duration_ms"] / 1000 for p in execution["phases"]}
             sample["execute_total"] = sum(sample[name] for name in PHASES)
             sample["doit_run_wall"] = seconds
             samples.append(sample)
-        return samples
+        return samples, creation
 
 
 def summarize(samples: List[Dict[str, float]], bare: List[float]) -> Dict[str, object]:
@@ -135,15 +160,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--alias", default="pikaci/test")
     parser.add_argument("--project", default="default")
+    parser.add_argument(
+        "--pools",
+        default="",
+        help="comma-separated storage pools, one measurement each (default: pikaci, default)",
+    )
+    parser.add_argument(
+        "--create", choices=("auto", "image", "copy"), default="auto", help="PIKACI_INCUS_CREATE"
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be positive")
+    pools = [name for name in args.pools.split(",") if name] or default_pools()
+    pool_reports: List[Tuple[Dict[str, str], Dict[str, object]]] = []
     try:
-        summary = summarize(
-            lane_samples(args.alias, args.project, args.repeat),
-            bare_exec_seconds(args.alias, args.project, args.repeat),
-        )
+        bare = bare_exec_seconds(args.alias, args.project, args.repeat)
+        for pool in pools:
+            samples, creation = lane_samples(
+                args.alias, args.project, pool, args.create, args.repeat
+            )
+            pool_reports.append((creation, summarize(samples, bare)))
     except (BenchError, subprocess.CalledProcessError) as exc:
         print(f"incus_lane: {exc}", file=sys.stderr)
         return 2
@@ -154,12 +191,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "machine": machine(),
         "repeat": args.repeat,
         "image_alias": args.alias,
-        **summary,
+        # the first pool's figures at the top, as before; every pool's under `pools`
+        "storage": pool_reports[0][0],
+        **{key: value for key, value in pool_reports[0][1].items() if key != "samples"},
+        "pools": [{"storage": storage, **summary} for storage, summary in pool_reports],
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.output, report)
-    print(f"trivial local+incus lane (container), repeat {args.repeat}")
-    print(format_table(summary))
+    for storage, summary in pool_reports:
+        print(
+            f"trivial local+incus lane (container), repeat {args.repeat}, storage pool "
+            f"{storage.get('pool')} ({storage.get('driver')}), instances by {storage.get('path')}"
+        )
+        print(format_table(summary))
     print(f"results: {args.output}")
     return 0
 

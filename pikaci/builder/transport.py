@@ -155,12 +155,14 @@ class Transport:
         timeout_secs: Optional[float] = None,
         on_line: Optional[Callable[[str], None]] = None,
         check: bool = True,
+        shown: Optional[str] = None,
     ) -> RemoteResult:
-        """Run `script` under `sh -c` on the builder; see the module docstring."""
+        """Run `script` under `sh -c` on the builder; see the module docstring. The log shows
+        `shown` instead of the script when given (the command a wrapper runs)."""
         if timeout_secs is not None and timeout_secs <= 0:
             raise ValueError("timeout_secs must be positive")
         note = f" [remote timeout {timeout_secs:g}s]" if timeout_secs is not None else ""
-        self.log(f"{label}: [{self.builder.host}] {script}{note}")
+        self.log(f"{label}: [{self.builder.host}] {shown or script}{note}")
         argv = self._command_argv(script, timeout_secs)
         payload = Payload(stdin)
         reason = ""

@@ -65,6 +65,7 @@ class IncusHost(Protocol):
         stdin: Optional[bytes] = None,
         timeout_secs: Optional[float] = None,
         on_line: Optional[Callable[[str], None]] = None,
+        shown: Optional[str] = None,
     ) -> HostResult: ...
 
     def hold(self, label: str, script: str, ready: str, release: bytes) -> ContextManager[None]: ...
@@ -91,8 +92,9 @@ class LocalHost:
         stdin: Optional[bytes] = None,
         timeout_secs: Optional[float] = None,
         on_line: Optional[Callable[[str], None]] = None,
+        shown: Optional[str] = None,
     ) -> HostResult:
-        self.log(f"{label}: {script}")
+        self.log(f"{label}: {shown or script}")
         proc = subprocess.Popen(
             ["sh", "-c", script],
             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
@@ -187,9 +189,16 @@ class BuilderHost:
         stdin: Optional[bytes] = None,
         timeout_secs: Optional[float] = None,
         on_line: Optional[Callable[[str], None]] = None,
+        shown: Optional[str] = None,
     ) -> HostResult:
         result = self.transport.run(
-            label, script, stdin=stdin, timeout_secs=timeout_secs, on_line=on_line, check=False
+            label,
+            script,
+            stdin=stdin,
+            timeout_secs=timeout_secs,
+            on_line=on_line,
+            check=False,
+            shown=shown,
         )
         return HostResult(result.exit_code, result.stdout)
 
@@ -213,8 +222,9 @@ def command_failed(host: IncusHost, what: str, result: HostResult) -> IncusRunti
 def captured(host: IncusHost, label: str, argv: Sequence[str], **kwargs: Any) -> HostResult:
     """One incus command whose stdout is parsed: stdout apart, stderr (a first run's welcome
     text, warnings) into the log line by line and kept for the error message."""
-    apart = stdout_apart.apart_script(quote_argv(argv))
-    done = host.script(label, apart.script, **kwargs)
+    command = quote_argv(argv)
+    apart = stdout_apart.apart_script(command)
+    done = host.script(label, apart.script, shown=f"{command} (stdout apart)", **kwargs)
     stdout, stderr = stdout_apart.split(done.stdout, apart.mark)
     for line in stderr.decode("utf-8", "replace").splitlines():
         if line.strip():
