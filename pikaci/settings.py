@@ -14,6 +14,11 @@ from pikaci.store import resolve_state_root
 
 OUTPUT_MODES = ("human", "json", "jsonl")
 ENV_OUTPUT = "PIKACI_OUTPUT"
+# lanes (and other ready tasks) of a run that doit runs at once, in threads, unless `-n` says
+# otherwise; upstream's setting and default
+ENV_MAX_CONCURRENT = "PIKACI_MAX_CONCURRENT_EXECUTES"
+DEFAULT_MAX_CONCURRENT = 2
+MAX_CONCURRENT_LIMIT = 64
 
 
 @dataclass
@@ -24,6 +29,7 @@ class Settings:
     rerun: Optional[RunRecord] = None  # the run being re-executed, with its snapshot
     dep_file: Optional[Path] = None  # defaults to the state root's doit.sqlite3
     builder: Optional[Builder] = None  # where `remote_ssh` lanes run
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUT_MODES:
@@ -53,4 +59,17 @@ def settings_from_environment(
         state_root=state_root,
         output=mode,
         builder=builder_from_environment(env),
+        max_concurrent=max_concurrent_from(env),
     )
+
+
+def max_concurrent_from(env: Mapping[str, str]) -> int:
+    raw = env.get(ENV_MAX_CONCURRENT, "").strip()
+    if not raw:
+        return DEFAULT_MAX_CONCURRENT
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_CONCURRENT_LIMIT:
+        raise ValueError(
+            f"{ENV_MAX_CONCURRENT}: expected a whole number from 1 to {MAX_CONCURRENT_LIMIT}, "
+            f"got {raw!r}"
+        )
+    return int(raw)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO, Callable, Iterator, List, Optional, Protocol, Union
 
+from pikaci.process import wait_interruptibly
+
 
 class TransportError(Exception):
     """The builder could not be reached (after retries); the message is one line."""
@@ -210,7 +212,7 @@ def local_deadline(timeout_secs: Optional[float]) -> Optional[float]:
 def wait(proc: subprocess.Popen[bytes], timeout_secs: Optional[float]) -> int:
     """ssh's exit code; stops ssh (and so the remote side) past the local deadline."""
     try:
-        return proc.wait(timeout=local_deadline(timeout_secs))
+        return wait_interruptibly(proc, local_deadline(timeout_secs))
     except subprocess.TimeoutExpired:
         proc.terminate()
         try:

@@ -25,10 +25,11 @@ import os
 import secrets
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator, Optional, Tuple
+from typing import IO, Dict, Iterator, Optional, Tuple
 
 import orjson
 
@@ -116,6 +117,31 @@ def publish_snapshot(
     """Make `<work>/snapshots/<tree_id>/snapshot` hold `local_snapshot`; see the module docs."""
     started = time.monotonic()
     local = _local_metadata(local_snapshot, tree_id)
+    dest = layout.snapshot_dir(tree_id)
+    # lanes of a run running at once upload a snapshot once: the others wait and find it
+    with _publishing(transport.builder.host, dest):
+        return _publish_once(transport, layout, local_snapshot, local, log, timeout_secs, started)
+
+
+_publish_locks: Dict[Tuple[str, str], threading.Lock] = {}
+_publish_locks_guard = threading.Lock()
+
+
+def _publishing(host: str, dest: str) -> threading.Lock:
+    with _publish_locks_guard:
+        return _publish_locks.setdefault((host, dest), threading.Lock())
+
+
+def _publish_once(
+    transport: Transport,
+    layout: RemoteLayout,
+    local_snapshot: Path,
+    local: SnapshotMetadata,
+    log: Log,
+    timeout_secs: Optional[float],
+    started: float,
+) -> PublishResult:
+    tree_id = local.identity
     dest = layout.snapshot_dir(tree_id)
     existing = _remote_marker(transport, layout, tree_id)
     if existing is not None:

@@ -28,6 +28,7 @@ from pikaci.builder.held import held_command
 from pikaci.builder.transport import Transport
 from pikaci.incus import commands as incus
 from pikaci.incus import config as incus_config
+from pikaci.process import wait_interruptibly
 
 HOLD_EXIT_SECS = 30.0
 
@@ -112,7 +113,7 @@ class LocalHost:
                     proc.stdin.write(stdin)
                 proc.stdin.close()
             try:
-                code = proc.wait(timeout=timeout_secs)
+                code = wait_interruptibly(proc, timeout_secs)
             except subprocess.TimeoutExpired:
                 _kill_group(proc)
                 code = 124

@@ -15,7 +15,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 from pikaci.catalog import Catalog, Lane, Target
 from pikaci.events import job_event, run_finished_event, run_started_event
@@ -58,6 +58,8 @@ from pikaci.store import (
     write_json,
 )
 from pikaci.timestamps import duration_ms, new_run_id, now_timestamp
+
+ABANDON_LOCK_SECS = 5.0  # a second signal waits this long for a record write under way
 
 
 @dataclass
@@ -170,6 +172,7 @@ class RunSession:
                 active.close()
                 raise
             signals = Interruption(run_id, self.console, self.out.flush)
+            signals.abandon = self._abandon
             self.run = _RunState(
                 run_id=run_id,
                 writer=writer,
@@ -188,8 +191,19 @@ class RunSession:
         with contextlib.suppress(Exception):
             self.finish()
 
+    def step(self) -> ContextManager[None]:
+        """A lane step runs in this thread (see `Interruption.step`)."""
+        run = self.run
+        return run.signals.step() if run is not None else contextlib.nullcontext()
+
     def finish(self) -> Optional[RunRecord]:
         """Close the run: unstarted jobs are accounted for, the final status is written."""
+        run = self.run
+        # after an interrupt, lanes in other threads tear down their runtimes and record
+        # themselves first
+        stopping = run is not None and run.final is None and run.interrupted
+        if stopping and run is not None and not run.signals.wait_for_steps():
+            self.out.warn(f"run {run.run_id}: lanes still stopping; closing the run anyway")
         with self._lock:
             run = self.run
             if run is None or run.final is not None:
@@ -213,6 +227,24 @@ class RunSession:
         self.out.event(run_finished_event(record))
         self.out.summary(record, self.state)
         return record
+
+    def _abandon(self) -> None:
+        """A second signal: the run and its running jobs marked as interrupted in one write,
+        unless the lock stays taken (another thread mid-write) for ABANDON_LOCK_SECS."""
+        run = self.run
+        if run is None or run.final is not None:
+            return
+        if not self._lock.acquire(timeout=ABANDON_LOCK_SECS):
+            return
+        try:
+            if run.final is None:
+                closing = self._settle_jobs(run)
+                order = {lane_id: index for index, lane_id in enumerate(run.jobs)}
+                run.final = self._commit(
+                    run, closing, lambda r: finalize(r, run.interrupted, order)
+                )
+        finally:
+            self._lock.release()
 
     def _settle_jobs(self, run: _RunState) -> List[JobRecord]:
         """Unstarted jobs get their reason, running ones (collect never ran) their verdict."""

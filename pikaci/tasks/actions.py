@@ -202,7 +202,8 @@ class LaneActions:
     def _guarded(self, target: Target, lane: Lane, step: str, body: Callable[[], Values]) -> Any:
         """Run a step; an orchestrator error fails the job with a one-line reason."""
         try:
-            return body()
+            with self.session.step():
+                return body()
         except (KeyboardInterrupt, SystemExit):
             run = self.session.run
             reason = run.interrupted if run and run.interrupted else "interrupt"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -23,6 +24,7 @@ from pikaci.model import RunRecord
 from pikaci.plan import target_task
 from pikaci.run.session import RunSession
 from pikaci.settings import Settings, settings_from_environment
+from pikaci.store import resolve_state_root
 from pikaci.tasks.common import TaskDict
 from pikaci.tasks.forge import forge_tasks, is_ci_task
 from pikaci.tasks.lanes import LaneGraph, group_tasks
@@ -61,8 +63,25 @@ class CatalogLoader(TaskLoader2):  # type: ignore[misc]
             "dep_file": ":memory:" if self._problem else str(dep_file),
             "reporter": reporter_for(self.session),
             "par_type": "thread",
+            # a default only: `doit run -n N` wins
+            "num_process": self._num_process(sys.argv[1:]),
             "default_tasks": self._default_tasks(),
         }
+
+    def _num_process(self, argv: Sequence[str]) -> int:
+        """PIKACI_MAX_CONCURRENT_EXECUTES, or 0 (doit's main thread) when every task the command
+        line names must run there: the server and the forge's runs own the process (signal
+        handlers, a nested run). doit hands the loader no task names before this point, so they
+        are read from the command line: the words that name a task of this catalog."""
+        if self._problem is None:
+            try:
+                known = {_task_name(item) for item in self.task_dicts()}
+            except InvalidTask:
+                known = set()
+            named = [word for word in argv if word in known]
+            if named and all(_in_foreground(name) for name in named):
+                return 0
+        return self.session.settings.max_concurrent
 
     def _default_tasks(self) -> Optional[List[str]]:
         """Every task but the housekeeping ones, in order: what plain `doit` would otherwise
@@ -71,10 +90,7 @@ class CatalogLoader(TaskLoader2):  # type: ignore[misc]
             dicts = self.task_dicts()
         except InvalidTask:
             return None  # loading the tasks reports the problem
-        names = (
-            item["basename"] if item.get("name") is None else f"{item['basename']}:{item['name']}"
-            for item in dicts
-        )
+        names = (_task_name(item) for item in dicts)
         return [name for name in names if name not in MAINTENANCE_TASKS and not is_ci_task(name)]
 
     def task_dicts(self) -> List[TaskDict]:
@@ -126,6 +142,16 @@ def run_doit(
     return code, final
 
 
+def _task_name(item: TaskDict) -> str:
+    return item["basename"] if item.get("name") is None else f"{item['basename']}:{item['name']}"
+
+
+def _in_foreground(task: str) -> bool:
+    """Tasks that must run on doit's main thread: housekeeping (`serve` handles signals) and
+    the forge's `ci:*`, which run a whole run of their own."""
+    return task.split(":", 1)[0] in MAINTENANCE_TASKS or is_ci_task(task)
+
+
 def load_catalog(dodo: str) -> Catalog:
     """The `CATALOG` of a repository's dodo file, loaded by doit's own loader (a load of the
     repository's file by path, not an import of a module)."""
@@ -148,7 +174,8 @@ def declare(catalog: Catalog, dodo_file: str) -> Tuple[Dict[str, Any], Callable[
     except ValueError as exc:
         # reported when doit asks for the tasks: an import-time error would be a traceback
         problem = str(exc)
-        settings = settings_from_environment(source_root, output="human")
+        # only what the error report needs: the state root, no builder, defaults elsewhere
+        settings = Settings(source_root, resolve_state_root(None, os.environ, source_root))
     loader = CatalogLoader(catalog, settings)
 
     def task_pikaci() -> Iterator[TaskDict]:
