@@ -27,33 +27,22 @@ from typing import Any, Dict, List, Optional, Sequence
 from noop_rerun import BenchError, bench_env, failure, machine, source_revision, timed_doit, utc_now
 
 from pikaci.store import write_json
-from pikaci.timestamps import parse_timestamp
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.fixtures.incus import incus_builder_env, set_up_incus  # noqa: E402
+from tests.fixtures.incus import (  # noqa: E402
+    incus_builder_env,
+    most_lanes_at_once,
+    set_up_incus,
+)
 from tests.fixtures.projects import LaneSpec, new_repository, render_dodo  # noqa: E402
 from tests.fixtures.sshd import running_sshd  # noqa: E402
 
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "incus_parallel.json"
 LANES = 4
-
-
-def most_at_once(record: Dict[str, Any]) -> int:
-    """The most lanes executing at one moment (first phase start to last phase end)."""
-    moments = []
-    for job in record["jobs"]:
-        phases = job["remote_linux_vm_execution"]["phases"]
-        moments.append((parse_timestamp(phases[0]["started_at"]), 1))
-        moments.append((parse_timestamp(phases[-1]["finished_at"]), -1))
-    running = most = 0
-    for _, step in sorted(moments, key=lambda item: (item[0], item[1])):
-        running += step
-        most = max(most, running)
-    return most
 
 
 def latest_record(state: Path) -> Dict[str, Any]:
@@ -91,7 +80,7 @@ def measure(repeat: int, sleep: float) -> Dict[str, Any]:
                     raise failure(f"doit {' '.join(args)}", done)
                 if index:
                     samples[kind].append(seconds)
-                    overlap[kind] = most_at_once(latest_record(state))
+                    overlap[kind] = most_lanes_at_once(latest_record(state)["jobs"])
         medians = {kind: statistics.median(values) for kind, values in samples.items()}
         one = medians["one_lane"]
         return {

@@ -8,12 +8,11 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import List
 
 from pikaci.incus.commands import instance_name
-from pikaci.timestamps import parse_timestamp
 from tests.fixtures.faults import processes_mentioning
-from tests.fixtures.incus import Incus
+from tests.fixtures.incus import Incus, most_lanes_at_once
 from tests.fixtures.projects import LaneSpec
 from tests.fixtures.sshd import USER
 from tests.fixtures.support import DOIT
@@ -28,21 +27,6 @@ def sleepers(count: int, command: str = f"echo started; sleep {SLEEP_SECS}") -> 
     ]
 
 
-def overlaps(jobs: List[Dict[str, Any]]) -> int:
-    """The most lanes executing at one moment, from their records' phase timestamps (from the
-    first phase's start to the last one's end: the instance's life)."""
-    moments = []
-    for job in jobs:
-        phases = job["remote_linux_vm_execution"]["phases"]
-        moments.append((parse_timestamp(phases[0]["started_at"]), 1))
-        moments.append((parse_timestamp(phases[-1]["finished_at"]), -1))
-    running = most = 0
-    for _, step in sorted(moments, key=lambda item: (item[0], item[1])):
-        running += step
-        most = max(most, running)
-    return most
-
-
 def test_four_lanes_run_two_at_a_time_by_default(make_project, incus_builder, incus: Incus):
     project = make_project(sleepers(4))
     started = time.monotonic()
@@ -51,7 +35,7 @@ def test_four_lanes_run_two_at_a_time_by_default(make_project, incus_builder, in
     assert done.returncode == 0, done.stdout + done.stderr
     jobs = project.latest_run()["jobs"]
     assert [job["status"] for job in jobs] == ["passed"] * 4  # type: ignore[index]
-    assert overlaps(jobs) == 2  # type: ignore[arg-type]
+    assert most_lanes_at_once(jobs) == 2  # type: ignore[arg-type]
     # the snapshot went up once, whichever lane came first
     logs = [Path(str(job["host_log_path"])).read_text() for job in jobs]  # type: ignore[index]
     assert sum("published remote snapshot" in log for log in logs) == 1, logs
@@ -66,11 +50,11 @@ def test_the_setting_and_doit_n_choose_how_many(make_project, incus_builder, inc
         "run", "target:main", env={**incus_builder, "PIKACI_MAX_CONCURRENT_EXECUTES": "3"}
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert overlaps(project.latest_run()["jobs"]) == 3  # type: ignore[arg-type]
+    assert most_lanes_at_once(project.latest_run()["jobs"]) == 3  # type: ignore[arg-type]
     project.doit("forget", "--all")
     done = project.doit("run", "-n", "1", "target:main", env=incus_builder)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert overlaps(project.latest_run()["jobs"]) == 1  # type: ignore[arg-type]
+    assert most_lanes_at_once(project.latest_run()["jobs"]) == 1  # type: ignore[arg-type]
 
 
 def test_a_bad_setting_is_one_line_naming_it(make_project) -> None:
@@ -115,7 +99,9 @@ def test_sigint_then_sigterm_during_two_lanes_leaves_nothing(
         assert time.monotonic() < deadline, f"instances left: {names & set(incus.instances())}"
         time.sleep(0.5)
     work = incus_builder["PIKACI_BUILDER_WORK_DIR"]
-    while processes_mentioning(work, user=USER) or processes_mentioning("pikaci-incus-run", user=USER):
+    while processes_mentioning(work, user=USER) or processes_mentioning(
+        "pikaci-incus-run", user=USER
+    ):
         assert time.monotonic() < deadline, processes_mentioning(work, user=USER)
         time.sleep(0.5)
     for job in project.latest_run()["jobs"]:
