@@ -58,7 +58,9 @@ def held_command(
         if not started.wait(wait_secs):
             raise RemoteError(f"{label}: not ready within {wait_secs:g}s")
         if failures:
-            raise RemoteError(f"{label}: {failures[0]}") from failures[0]
+            said = str(failures[0])  # the transport's messages name the step already
+            message = said if said.startswith(f"{label}: ") else f"{label}: {said}"
+            raise RemoteError(message) from failures[0]
         yield
         clean = True
     finally:

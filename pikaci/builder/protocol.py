@@ -139,6 +139,33 @@ class ByteSource(Protocol):
 Stdin = Union[bytes, BinaryIO, ByteSource]
 
 
+# ssh failures that waiting does not cure, with what a person does about them
+PERMANENT_SSH_FAILURES = (
+    (
+        "host key verification failed",
+        "the builder's host key is unknown or changed: check its fingerprint, then add it to "
+        "known_hosts (ssh-keyscan) or the UserKnownHostsFile of PIKACI_BUILDER_SSH_CONFIG",
+    ),
+    (
+        "permission denied",
+        "the login was refused: check the user and the key (BatchMode: key only, no password)",
+    ),
+    (
+        "could not resolve hostname",
+        "check PIKACI_BUILDER and the Host/HostName entries of the SSH config",
+    ),
+    ("bad configuration option", "fix PIKACI_BUILDER_SSH_CONFIG"),
+    ("can't open user config file", "PIKACI_BUILDER_SSH_CONFIG names a file that is not there"),
+    ("terminating, 1 bad configuration options", "fix PIKACI_BUILDER_SSH_CONFIG"),
+)
+
+
+def permanent_failure_hint(reason: str) -> Optional[str]:
+    """The fix for an ssh failure that a retry would only repeat; None for the others."""
+    lowered = reason.lower()
+    return next((hint for sign, hint in PERMANENT_SSH_FAILURES if sign in lowered), None)
+
+
 class ConnectionLost(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

@@ -80,6 +80,7 @@ from pikaci.builder.protocol import (
     feed,
     last_line,
     local_deadline,
+    permanent_failure_hint,
     read_diagnostics,
     read_lines,
     result,
@@ -177,6 +178,11 @@ class Transport:
                 reason = lost.reason
                 with self._master:
                     self._master_up = False
+                hint = permanent_failure_hint(reason)
+                if hint is not None:
+                    raise TransportError(
+                        f"{label}: cannot connect to {self.builder.host}: {reason} ({hint})"
+                    ) from None
                 if not payload.replayable():
                     raise StreamInterrupted(
                         f"{label}: connection to {self.builder.host} lost mid-stream: {reason}"

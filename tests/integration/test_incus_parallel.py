@@ -107,3 +107,15 @@ def test_sigint_then_sigterm_during_two_lanes_leaves_nothing(
     for job in project.latest_run()["jobs"]:
         assert job["status"] == "failed", job
         assert "interrupted by SIGINT" in str(job["message"])
+
+
+def test_two_lanes_failing_at_once_both_clean_up(make_project, incus_builder, incus: Incus):
+    project = make_project(sleepers(2, "sleep 1; echo failing; exit 3"))
+    done = project.doit("run", "--continue", "target:main", env=incus_builder)
+    assert done.returncode != 0
+    record = project.latest_run()
+    jobs = record["jobs"]
+    assert [(job["status"], job["exit_code"]) for job in jobs] == [("failed", 3)] * 2  # type: ignore[index]
+    assert most_lanes_at_once(jobs) == 2  # type: ignore[arg-type]
+    names = {instance_name(str(record["run_id"]), str(job["id"])) for job in jobs}  # type: ignore[index]
+    assert not names & set(incus.instances())

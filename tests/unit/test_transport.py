@@ -15,6 +15,8 @@ from typing import List, Optional
 
 import pytest
 
+from pikaci.builder.held import held_command
+from pikaci.builder.layout import RemoteError
 from pikaci.builder.transport import (
     Builder,
     RemoteCommandError,
@@ -330,3 +332,64 @@ def test_transports_starting_at_once_share_one_master(
     assert [outcome.get("result") for _, outcome in threads] == ["up\n"] * len(transports)
     assert sshd.log.read_text().count("Accepted publickey") - logins_before == 1
     transports[0].close()
+
+
+@pytest.mark.parametrize(
+    ("config_change", "said", "hint"),
+    [
+        (
+            # the builder's key is not the one known: what a new or rebuilt builder gives
+            ("StrictHostKeyChecking no", "StrictHostKeyChecking yes"),
+            "Host key verification failed",
+            "ssh-keyscan",
+        ),
+        (
+            ("User pikaci-remote", "User nobody-here"),
+            "Permission denied",
+            "key only",
+        ),
+        (
+            ("HostName 127.0.0.1", "HostName no-such-builder.invalid"),
+            "Could not resolve hostname",
+            "PIKACI_BUILDER",
+        ),
+    ],
+)
+def test_failures_that_waiting_does_not_cure_fail_at_once(
+    sshd: Sshd, tmp_path: Path, transport_log: TransportLog, config_change, said: str, hint: str
+) -> None:
+    config = tmp_path / "ssh_config"
+    old, new = config_change
+    text = sshd.ssh_config.read_text()
+    assert old in text
+    config.write_text(text.replace(old, new, 1))
+    builder = Builder(host=sshd.host, ssh_config=config, connect_timeout_secs=2)
+    transport = Transport(builder, sshd.control_dir(), transport_log, retries=3, backoff_secs=1.0)
+    started = time.monotonic()
+    with pytest.raises(TransportError) as failed:
+        transport.run("probe", "true")
+    assert time.monotonic() - started < 1.0  # no back-off: one attempt
+    message = str(failed.value)
+    assert (
+        message.startswith(f"probe: cannot connect to {sshd.host}: ")
+        and message.count("probe:") == 1
+    )
+    assert said in message and hint in message
+    assert not [line for line in transport_log.text if "retry" in line]
+
+
+def test_a_held_command_names_its_step_once(
+    sshd: Sshd, tmp_path: Path, transport_log: TransportLog
+) -> None:
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        sshd.ssh_config.read_text().replace("StrictHostKeyChecking no", "StrictHostKeyChecking yes")
+    )
+    builder = Builder(host=sshd.host, ssh_config=config, connect_timeout_secs=2)
+    transport = Transport(builder, sshd.control_dir(), transport_log, retries=3)
+    label = "lease 0123456789ab for run-1"
+    held = held_command(transport, label, "echo ready; cat >/dev/null", "ready")
+    with pytest.raises(RemoteError) as failed, held:
+        pass
+    message = str(failed.value)
+    assert message.startswith(f"{label}: cannot connect") and message.count(label) == 1
