@@ -57,6 +57,7 @@ TAIL_LINES = 20
 # sun_path holds 108 bytes; ssh binds `<path>.<16 random chars>` before renaming it into place
 _MAX_SOCKET_PATH = 107 - 17
 _HASH_LEN = 40  # %C is a SHA-1 in hex
+CONNECTION_KEY_LEN = 12  # before %C in the socket name (see Transport.control_path)
 # headroom over the remote timeout before the local side gives up on a silent connection
 _LOCAL_SLACK_SECS = 15.0
 READER_JOIN_SECS = 10.0
@@ -221,7 +222,7 @@ class Attempt:
 
 
 def check_control_dir(control_dir: Path) -> None:
-    longest = len(str(control_dir)) + 1 + _HASH_LEN
+    longest = len(str(control_dir)) + 1 + CONNECTION_KEY_LEN + 1 + _HASH_LEN
     if longest > _MAX_SOCKET_PATH:
         raise ValueError(
             f"control_dir {control_dir} is too long for a unix socket path "

@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Callable, Iterator, List, Optional
 
 from pikaci.builder.protocol import (
+    CONNECTION_KEY_LEN,
     EXIT_MARKER,
     READER_JOIN_SECS,
     WRAPPER,
@@ -115,6 +116,21 @@ class Builder:
     nix_store: str = ""
 
 
+def connection_key(builder: Builder) -> str:
+    """What identifies a connection beyond ssh's own %C, as 12 hex digits."""
+    config = b""
+    if builder.ssh_config is not None:
+        try:
+            config = Path(builder.ssh_config).read_bytes()
+        except OSError:
+            config = b"unreadable"  # ssh will say why; the key only has to differ
+    digest = hashlib.sha256()
+    for part in (builder.host, builder.ssh_program, str(builder.ssh_config or "")):
+        digest.update(part.encode() + b"\0")
+    digest.update(config)
+    return digest.hexdigest()[:CONNECTION_KEY_LEN]
+
+
 class Transport:
     """Runs commands on one builder over a shared SSH connection; safe to use from threads."""
 
@@ -130,6 +146,7 @@ class Transport:
             raise ValueError("retries must be zero or positive")
         check_control_dir(control_dir)
         self.builder = builder
+        self.connection_key = connection_key(builder)
         self.control_dir = control_dir
         self.log = log
         self.retries = retries
@@ -206,7 +223,10 @@ class Transport:
 
     @property
     def control_path(self) -> str:
-        return f"{self.control_dir}/%C"
+        """`<dir>/<connection key>-%C`: ssh's %C covers user, host and port as resolved; the key
+        adds what else changes the connection (the ssh program, the config file and its
+        contents), so a changed configuration never rides on an old master."""
+        return f"{self.control_dir}/{self.connection_key}-%C"
 
     # -- ssh invocations --------------------------------------------------------------------
 
@@ -266,8 +286,7 @@ class Transport:
 
     @contextlib.contextmanager
     def _start_lock(self) -> Iterator[None]:
-        key = f"{self.builder.host}\0{self.builder.ssh_config}".encode()
-        path = self.control_dir / f".start-{hashlib.sha256(key).hexdigest()[:16]}.lock"
+        path = self.control_dir / f".start-{self.connection_key}.lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

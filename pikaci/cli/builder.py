@@ -1,4 +1,5 @@
-"""`gc-remote`: old runs and unused snapshots on the builder ($PIKACI_BUILDER)."""
+"""`gc-remote`: old runs and unused snapshots on the builder ($PIKACI_BUILDER); `builder reset`:
+end the shared SSH connections."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 
 from pikaci.builder import gc
 from pikaci.builder.config import builder_from_environment
+from pikaci.builder.connect import close_masters, control_dir
 from pikaci.options import JSON
 
 ERRORS = gc.REMOTE_GC_ERRORS
@@ -23,6 +25,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     JSON.add_to(parser)
     parser.set_defaults(func=gc_remote_command)
 
+    builder = sub.add_parser("builder", help="the builder's shared SSH connections")
+    actions = builder.add_subparsers(dest="builder_command", required=True, metavar="ACTION")
+    reset = actions.add_parser(
+        "reset",
+        help="end every shared SSH connection of this user, so that the next command logs in "
+        "afresh (new groups on the builder, a changed SSH configuration)",
+    )
+    reset.set_defaults(func=reset_command)
+
 
 def gc_remote_command(args: argparse.Namespace) -> int:
     return gc.gc_remote_command(
@@ -32,3 +43,13 @@ def gc_remote_command(args: argparse.Namespace) -> int:
         args.json,
         sys.stdout,
     )
+
+
+def reset_command(args: argparse.Namespace) -> int:
+    closed = close_masters()
+    where = control_dir()
+    if closed:
+        sys.stdout.write(f"closed {len(closed)} shared connection(s) in {where}\n")
+    else:
+        sys.stdout.write(f"no shared connection was open in {where}\n")
+    return 0

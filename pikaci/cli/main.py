@@ -4,6 +4,7 @@
     pikaci [--state-root DIR] rerun RUN_ID [--output ...]
     pikaci [--state-root DIR] list | status RUN | logs RUN | prepared-outputs RUN | gc
     pikaci gc-remote [--keep-runs N] [--keep-snapshots-days D] [--json]   on $PIKACI_BUILDER
+    pikaci builder reset         end the shared SSH connections (new groups, changed config)
     pikaci incus-image FILE [ROOTFS] [--remote]    import the guest image under its alias
     pikaci incus-reap [--older-than SECS] [--remote] [--json]   delete leftover instances
     pikaci ci-plan [--base REF] [--worktree] [--nightly] [--json]   forge lanes to run, and why

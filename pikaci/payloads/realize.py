@@ -28,6 +28,13 @@ from pikaci.plan import build_node, build_task, upload_task
 Log = Callable[[str], None]
 
 
+def commands_log(log: Log) -> Log:
+    """Where a transport echoes the remote scripts it runs: the host logs alone when `log` is a
+    payload log (it has `quiet`), so the console keeps one line per step."""
+    quiet = getattr(log, "quiet", None)
+    return quiet if callable(quiet) else log
+
+
 def require_builder(builder: Optional[Builder], target: Target) -> Builder:
     if builder is None:
         raise TransportError(f"target `{target.id}` builds on a builder but none is configured")
@@ -36,7 +43,7 @@ def require_builder(builder: Optional[Builder], target: Target) -> Builder:
 
 def builder_lacks(builder: Builder, paths: Sequence[str], label: str, log: Log) -> List[str]:
     """Which of `paths` the builder's store does not have (one round trip)."""
-    return builder_nix.missing_paths(connect(builder, log), paths, label)
+    return builder_nix.missing_paths(connect(builder, commands_log(log)), paths, label)
 
 
 def build_on_builder(
@@ -56,7 +63,7 @@ def build_on_builder(
     ref = getattr(target.payloads, role)
     tree_id = str(snapshot.get("tree_id") or snapshot["content_hash"])
     layout = RemoteLayout.for_builder(builder)
-    transport = connect(builder, log)
+    transport = connect(builder, commands_log(log))
     with hold_snapshot(transport, layout, tree_id, run_id, log=log) as remote_snapshot:
         published = publish_snapshot(
             transport, layout, Path(snapshot["snapshot_dir"]), tree_id, log
@@ -100,7 +107,7 @@ def upload_payloads(
     """`upload:<payload>`: the builder gets the closure of the locally built outputs."""
     task_name = upload_task(payload_id)
     paths = [str(values["store_path"]) for values in outputs]
-    transport = connect(builder, log)
+    transport = connect(builder, commands_log(log))
     stats = builder_nix.copy_closure(
         transport, paths, builder_nix.ssh_options_for(transport), task_name, log
     )

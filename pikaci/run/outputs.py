@@ -57,15 +57,29 @@ def record_consumed(
     writer.update_prepared_outputs(change)
 
 
+class PayloadLog:
+    """A build's or upload's lines into the host log of each consuming job and the console;
+    `quiet` writes the host logs alone (the remote scripts a step runs: the console keeps one
+    line per step)."""
+
+    def __init__(
+        self, logs: Sequence[HostLog], label: str, console: Optional[Callable[[str], None]]
+    ) -> None:
+        self._logs = list(logs)
+        self._label = label
+        self._console = console
+
+    def __call__(self, line: str) -> None:
+        self.quiet(line)
+        if self._console is not None:
+            self._console(f"[{self._label}] {line}")
+
+    def quiet(self, line: str) -> None:
+        for log in self._logs:
+            log.note(f"{self._label}: {line}")
+
+
 def payload_sink(
     logs: Sequence[HostLog], label: str, console: Optional[Callable[[str], None]]
-) -> Callable[[str], None]:
-    """A build's or upload's lines into the host log of each consuming job (and the console)."""
-
-    def write(line: str) -> None:
-        for log in logs:
-            log.note(f"{label}: {line}")
-        if console is not None:
-            console(f"[{label}] {line}")
-
-    return write
+) -> PayloadLog:
+    return PayloadLog(logs, label, console)

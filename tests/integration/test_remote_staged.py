@@ -89,6 +89,12 @@ def test_payloads_built_on_the_builder(make_staged_project, builder_env):
     uploads = record["uploads"]
     assert [u["kind"] for u in uploads] == ["snapshot", "snapshot", "snapshot"]  # type: ignore[index]
     assert [u["skipped"] for u in uploads] == [False, True, True]  # type: ignore[index]
+    # the remote scripts (lease, publish, build) go to the host log, not to the console
+    console = first.stdout + first.stderr
+    host_log = Path(str(record["jobs"][0]["host_log_path"])).read_text()  # type: ignore[index]
+    for script_line in ("set -eu", "exec cat >/dev/null"):
+        assert script_line not in console and script_line in host_log
+    assert "published remote snapshot" in console
 
     ssh_round_trips(builder_env)
     again = project.doit("run", "lane:check", env=builder_env)

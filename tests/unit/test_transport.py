@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from pikaci.builder.transport import (
 )
 from tests.fixtures.builder import TransportLog
 from tests.fixtures.sshd import Sshd, local_ssh_children
-from tests.fixtures.support import in_thread, wait_for
+from tests.fixtures.support import PIKACI, in_thread, wait_for
 
 
 @pytest.fixture
@@ -393,3 +394,45 @@ def test_a_held_command_names_its_step_once(
         pass
     message = str(failed.value)
     assert message.startswith(f"{label}: cannot connect") and message.count(label) == 1
+
+
+def test_a_changed_ssh_config_never_rides_an_old_master(
+    sshd: Sshd, tmp_path: Path, transport_log: TransportLog
+) -> None:
+    control = sshd.control_dir()
+    first = Transport(Builder(host=sshd.host, ssh_config=sshd.ssh_config), control, transport_log)
+    assert first.run("first", "echo one").text == "one\n"
+    logins = sshd.log.read_text().count("Accepted publickey")
+    edited = tmp_path / "ssh_config"
+    edited.write_text(sshd.ssh_config.read_text() + "  # edited by the operator\n")
+    second = Transport(Builder(host=sshd.host, ssh_config=edited), control, transport_log)
+    assert second.control_path != first.control_path
+    assert second.run("second", "echo two").text == "two\n"
+    assert sshd.log.read_text().count("Accepted publickey") == logins + 1  # a login of its own
+    broken = tmp_path / "broken_config"
+    broken.write_text(sshd.ssh_config.read_text() + "  NoSuchOption yes\n")
+    third = Transport(Builder(host=sshd.host, ssh_config=broken), control, transport_log)
+    with pytest.raises(TransportError, match="fix PIKACI_BUILDER_SSH_CONFIG"):
+        third.run("third", "true")
+    first.close()
+    second.close()
+
+
+def test_builder_reset_ends_this_users_shared_connections(
+    sshd: Sshd, transport_log: TransportLog
+) -> None:
+    tmpdir = Path(tempfile.mkdtemp(prefix="pci-", dir="/tmp"))  # the CLI's $TMPDIR
+    control = tmpdir / f"pikaci-ssh-{os.getuid()}"
+    control.mkdir(mode=0o700)
+    transport = Transport(
+        Builder(host=sshd.host, ssh_config=sshd.ssh_config), control, transport_log
+    )
+    transport.run("up", "true")
+    assert transport.check_master()
+    env = {**os.environ, "TMPDIR": str(tmpdir)}
+    done = subprocess.run([*PIKACI, "builder", "reset"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"closed 1 shared connection(s) in {control}\n"
+    assert not transport.check_master()
+    again = subprocess.run([*PIKACI, "builder", "reset"], env=env, capture_output=True, text=True)
+    assert again.stdout == f"no shared connection was open in {control}\n"
