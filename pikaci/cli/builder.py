@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
-from pikaci.builder import gc
+from pikaci.builder import check, gc
 from pikaci.builder.config import builder_from_environment
 from pikaci.builder.connect import close_masters, control_dir
 from pikaci.options import JSON
+from pikaci.tasks.loader import load_catalog
 
 ERRORS = gc.REMOTE_GC_ERRORS
 
@@ -33,6 +35,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "afresh (new groups on the builder, a changed SSH configuration)",
     )
     reset.set_defaults(func=reset_command)
+    checking = actions.add_parser(
+        "check",
+        help="connect like a run and check everything the catalog's remote lanes need on the "
+        "builder; exit 0 only when it is ready",
+    )
+    JSON.add_to(checking)
+    checking.set_defaults(func=check_command)
 
 
 def gc_remote_command(args: argparse.Namespace) -> int:
@@ -53,3 +62,11 @@ def reset_command(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(f"no shared connection was open in {where}\n")
     return 0
+
+
+def check_command(args: argparse.Namespace) -> int:
+    dodo = Path(args.file)
+    catalog = load_catalog(str(dodo)) if dodo.is_file() else None
+    builder = builder_from_environment(os.environ)
+    report = check.check_command(builder, os.environ, catalog, args.json, sys.stdout)
+    return 0 if report.ready else 1

@@ -108,7 +108,7 @@ class CatalogLoader(TaskLoader2):  # type: ignore[misc]
             settings = self.session.settings
             self._task_dicts = [
                 *group_tasks(self.catalog),
-                *maintenance_tasks(settings),
+                *maintenance_tasks(settings, self.catalog),
                 *forge_tasks(self.catalog, settings, self._run_targets),
                 *LaneGraph(self.catalog, self.session).tasks(),
             ]

@@ -1,4 +1,4 @@
-"""Housekeeping tasks: `gc_remote`, `incus_image`, `incus_reap` and `serve`.
+"""Housekeeping tasks: `gc_remote`, `builder_check`, `incus_image`, `incus_reap` and `serve`.
 
 They are in every repository's task list, belong to no target and run only when named: plain
 `doit` must never delete anything or start a server.
@@ -13,11 +13,13 @@ from typing import Any, Dict, List, Optional
 
 from doit.exceptions import TaskError
 
+from pikaci.builder import check as builder_check
 from pikaci.builder import gc
 from pikaci.builder.transport import RemoteCommandError, TransportError
+from pikaci.catalog import Catalog
 from pikaci.incus import admin as incus_admin
 from pikaci.incus import config as incus_config
-from pikaci.options import REMOTE
+from pikaci.options import JSON, REMOTE
 from pikaci.server import serve
 from pikaci.settings import Settings
 from pikaci.store import StateRoot
@@ -27,7 +29,14 @@ GC_REMOTE_TASK = "gc_remote"
 INCUS_IMAGE_TASK = "incus_image"
 INCUS_REAP_TASK = "incus_reap"
 SERVE_TASK = "serve"
-MAINTENANCE_TASKS = (GC_REMOTE_TASK, INCUS_IMAGE_TASK, INCUS_REAP_TASK, SERVE_TASK)
+BUILDER_CHECK_TASK = "builder_check"
+MAINTENANCE_TASKS = (
+    GC_REMOTE_TASK,
+    BUILDER_CHECK_TASK,
+    INCUS_IMAGE_TASK,
+    INCUS_REAP_TASK,
+    SERVE_TASK,
+)
 _INCUS_ERRORS = (
     incus_admin.IncusAdminError,
     incus_config.IncusError,
@@ -36,9 +45,10 @@ _INCUS_ERRORS = (
 )
 
 
-def maintenance_tasks(settings: Settings) -> List[TaskDict]:
+def maintenance_tasks(settings: Settings, catalog: Catalog) -> List[TaskDict]:
     return [
         gc_remote_task(settings),
+        builder_check_task(settings, catalog),
         incus_image_task(),
         incus_reap_task(),
         serve_task(settings.source_root, StateRoot(settings.state_root)),
@@ -65,6 +75,26 @@ def gc_remote_task(settings: Settings) -> TaskDict:
         "actions": [action],
         "uptodate": [False],
         "verbosity": 2,  # the report is the point of running it
+    }
+
+
+def builder_check_task(settings: Settings, catalog: Catalog) -> TaskDict:
+    def action(json: bool) -> Any:
+        if settings.builder is None:
+            return TaskError("builder_check: no builder is configured (set PIKACI_BUILDER)")
+        report = builder_check.check_command(
+            settings.builder, os.environ, catalog, json, sys.stdout
+        )
+        return None if report.ready else TaskError(f"builder {report.host} is not ready")
+
+    return {
+        "basename": BUILDER_CHECK_TASK,
+        "doc": "check that the builder ($PIKACI_BUILDER) has what this catalog's remote lanes "
+        "need: ssh, tools, work dir, python3, bwrap, nix, Incus; --json",
+        "params": [JSON.param()],
+        "actions": [action],
+        "uptodate": [False],
+        "verbosity": 2,
     }
 
 

@@ -1,0 +1,139 @@
+"""`pikaci builder check` against the loopback builder: ready as the tests set it up, then each
+broken state an operator meets, created for real, reported on its own line with a fix."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Dict
+
+import orjson
+
+from tests.fixtures.projects import LaneSpec
+from tests.fixtures.sshd import USER, Sshd
+from tests.fixtures.support import PIKACI
+
+
+def check(env: Dict[str, str], cwd: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """`pikaci builder check` over a connection of its own (a fresh control dir)."""
+    control = tempfile.mkdtemp(prefix="pci-", dir="/tmp")
+    return subprocess.run(
+        [*PIKACI, "builder", "check", *flags],
+        cwd=cwd,
+        env={**env, "TMPDIR": control},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def lines_of(done: subprocess.CompletedProcess[str]) -> Dict[str, str]:
+    """Check name -> its whole line."""
+    found = {}
+    for line in done.stdout.splitlines():
+        if line.startswith(("ok   ", "FAIL ")):
+            found[line[5:].split(":", 1)[0]] = line
+    return found
+
+
+def test_the_test_builder_is_ready(incus_builder, tmp_path: Path) -> None:
+    done = check(incus_builder, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = lines_of(done)
+    assert set(lines) == {
+        "ssh", "tools", "work dir", "python3", "bwrap", "nix",
+        "incus", "incus project", "incus profile", "incus pool", "incus image",
+    }  # fmt: skip
+    assert all(line.startswith("ok") for line in lines.values()), done.stdout
+    assert done.stdout.splitlines()[-1].endswith("is ready")
+    report = orjson.loads(check(incus_builder, tmp_path, "--json").stdout)
+    # no dodo.py where it runs: every runtime counts
+    assert report["ready"] is True
+    assert sorted(report["needed"]) == ["bubblewrap", "host_process", "incus", "nix"]
+    assert {item["name"] for item in report["checks"]} == set(lines)
+
+
+def test_each_broken_state_is_one_line_with_its_fix(incus_builder, tmp_path: Path) -> None:
+    broken = {
+        **incus_builder,
+        "PIKACI_INCUS_PROFILE": "no-such-profile",
+        "PIKACI_INCUS_STORAGE_POOL": "no-such-pool",
+        "PIKACI_INCUS_IMAGE_ALIAS": "no/such-image",
+        "PIKACI_INCUS_PROJECT": "no-such-project",
+        "PIKACI_BUILDER_WORK_DIR": "/root/not-for-the-builder-user",
+        "PIKACI_BUILDER_NIX_STORE": "/root/no-store-here",
+    }
+    done = check(broken, tmp_path)
+    assert done.returncode == 1
+    lines = lines_of(done)
+    expected = {
+        "work dir": "PIKACI_BUILDER_WORK_DIR",
+        "nix": "PIKACI_BUILDER_NIX_STORE",
+        "incus project": "incus project create",
+        "incus profile": "PIKACI_INCUS_PROFILE",
+        "incus pool": "docs/incus-builder.md",
+        "incus image": "pikaci incus-image",
+    }
+    for name, fix in expected.items():
+        assert lines[name].startswith("FAIL") and "(fix: " in lines[name], lines[name]
+        assert fix in lines[name], lines[name]
+    assert lines["work dir"].startswith(
+        f"FAIL work dir: /root/not-for-the-builder-user is not writable by {USER}"
+    )
+    for name in ("ssh", "tools", "python3", "bwrap", "incus"):
+        assert lines[name].startswith("ok"), lines[name]
+    assert done.stdout.splitlines()[-1].endswith("is NOT ready")
+
+
+def test_incus_without_the_right_to_use_it(incus_builder, tmp_path: Path) -> None:
+    """The defaults of a fresh builder: `sudo incus` where there is no such sudo rule."""
+    done = check({**incus_builder, "PIKACI_INCUS_SUDO": "1"}, tmp_path)
+    assert done.returncode == 1
+    line = lines_of(done)["incus"]
+    assert (
+        line.startswith("FAIL incus: ") and "incus-admin" in line and "PIKACI_INCUS_SUDO=0" in line
+    )
+
+
+def test_only_what_the_catalogs_remote_lanes_need_decides(
+    make_project, incus_builder, tmp_path: Path
+) -> None:
+    project = make_project([LaneSpec("r", "true", placement="remote_ssh")])
+    done = check({**incus_builder, "PIKACI_INCUS_PROFILE": "no-such-profile"}, project.root)
+    assert done.returncode == 0, done.stdout  # no Incus lane: its failure is reported, not fatal
+    assert lines_of(done)["incus profile"].startswith("FAIL")
+    assert "needed by the catalog: host_process" in done.stdout
+    sandbox = make_project([LaneSpec("s", "true", placement="remote_ssh", runtime="bubblewrap")])
+    done = check({**incus_builder, "PIKACI_BUILDER_WORK_DIR": "/root/nope"}, sandbox.root)
+    assert done.returncode == 1  # every runtime needs the work dir
+
+
+def test_a_builder_that_cannot_be_reached_says_why(
+    sshd: Sshd, incus_builder, tmp_path: Path
+) -> None:
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        sshd.ssh_config.read_text().replace("StrictHostKeyChecking no", "StrictHostKeyChecking yes")
+    )
+    done = check({**incus_builder, "PIKACI_BUILDER_SSH_CONFIG": str(config)}, tmp_path)
+    assert done.returncode == 1
+    line = lines_of(done)["ssh"]
+    assert "Host key verification failed" in line and "ssh-keyscan" in line
+
+
+def test_the_doit_task_checks_for_the_catalog_and_is_never_a_default(
+    make_project, incus_builder
+) -> None:
+    project = make_project([LaneSpec("i", "true", placement="remote_ssh", runtime="incus")])
+    control = tempfile.mkdtemp(prefix="pci-", dir="/tmp")
+    env = {**incus_builder, "TMPDIR": control}
+    done = project.doit("builder_check", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "needed by the catalog: incus" in done.stdout and "is ready" in done.stdout
+    broken = project.doit("builder_check", env={**env, "PIKACI_INCUS_PROFILE": "no-such"})
+    assert broken.returncode != 0
+    assert "FAIL incus profile" in broken.stdout and "is not ready" in broken.stdout + broken.stderr
+    listing = project.doit("list")
+    assert any(line.startswith("builder_check ") for line in listing.stdout.splitlines())
