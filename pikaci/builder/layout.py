@@ -92,6 +92,11 @@ class RemoteLayout:
         self.run_dir(run_id)
         return f"{self.locks_dir}/run-{run_id}.lock"
 
+    def gcroots_dir(self, run_id: str) -> str:
+        """Nix GC roots of the payloads the run uses here: removed with the run (gc-remote), and
+        never shared with another repository's or state root's run."""
+        return f"{self.run_dir(run_id)}/gcroots"
+
     def uses_dir(self, run_id: str) -> str:
         return f"{self.run_dir(run_id)}/uses"
 

@@ -274,3 +274,19 @@ def ssh_options_for(transport: Transport) -> List[str]:
         if any(c.isspace() for c in word):
             raise BuilderNixError(f"NIX_SSHOPTS cannot carry {word!r}: it contains whitespace")
     return words
+
+
+def add_roots(transport: Transport, roots: Sequence[Tuple[str, str]], label: str) -> str:
+    """Indirect GC roots `(link, store path)` in the builder's store, one round trip; "" when
+    all were made, else what nix said (the caller decides whether that is fatal)."""
+    builder = transport.builder
+    lines = ["set -u", "failed=0"]
+    for link, path in roots:
+        if not path.startswith("/nix/store/") or "\n" in path or "\n" in link:
+            raise BuilderNixError(f"{label}: not a store path: {path!r}")
+        argv = ["nix-store", *store_args(builder), "--add-root", link, "--realise", path]
+        lines.append(f"mkdir -p {shlex.quote(str(PurePosixPath(link).parent))}")
+        lines.append(f"{shlex.join(argv)} >/dev/null || failed=1")
+    lines.append('exit "$failed"')
+    result = transport.run(label, "\n".join(lines), check=False)
+    return "" if result.exit_code == 0 else (result.text.strip().splitlines() or ["failed"])[-1]

@@ -74,7 +74,8 @@ def build_on_builder(
         paths = builder_nix.remote_build(
             transport,
             build_ref.args(source),
-            f"{layout.work_dir}/gcroots/{payload_id}-{role}",
+            # in the run's directory: never overwritten by another repository's build
+            f"{layout.gcroots_dir(run_id)}/{payload_id}-{role}",
             f"{task_name}: nix build on {builder.host}",
             log,
         )

@@ -14,6 +14,7 @@ from pikaci.builder.connect import connect
 from pikaci.builder.layout import RemoteLayout
 from pikaci.builder.snapshots import PublishResult, hold_snapshot, publish_snapshot, snapshot_upload
 from pikaci.builder.transport import Builder, Transport, TransportError
+from pikaci.payloads.builder_nix import add_roots
 from pikaci.plan import execute_task
 from pikaci.runtimes.base import JobContext
 
@@ -58,7 +59,27 @@ def leased_snapshot(ctx: JobContext, transport: Transport, layout: RemoteLayout)
     lease = hold_snapshot(transport, layout, ctx.snapshot_id, ctx.run_id, log=ctx.host_log.note)
     with lease as snapshot:
         publish_lane_snapshot(ctx, transport, layout)
+        root_payloads(ctx, transport, layout)
         yield snapshot
+
+
+def root_payloads(ctx: JobContext, transport: Transport, layout: RemoteLayout) -> None:
+    """The payloads the lane reads from the builder's store get GC roots in its run's directory
+    there, so a `nix-collect-garbage` on the builder cannot take them during the lane (copied
+    closures have no other root)."""
+    roots = [
+        (f"{layout.gcroots_dir(ctx.run_id)}/{output.node_id}", str(output.store_path))
+        for output in ctx.payloads
+        if output.on_builder
+    ]
+    if not roots:
+        return
+    failed = add_roots(transport, roots, "root payloads")
+    if failed:
+        ctx.host_log.note(
+            f"warning: the payloads have no GC root on {transport.builder.host} ({failed}); "
+            "a garbage collection there during the lane would remove them"
+        )
 
 
 def streamer(ctx: JobContext, log_prefix: str = "") -> Callable[[str], None]:

@@ -13,8 +13,9 @@ import orjson
 import pytest
 
 from tests.fixtures.projects import LaneSpec, executed_tasks, reused_tasks
-from tests.fixtures.sshd import Sshd
+from tests.fixtures.sshd import USER, Sshd
 from tests.fixtures.staged import BUILD_ROOT, WRAPPERS
+from tests.fixtures.support import DOIT
 
 LANE = LaneSpec(
     "check",
@@ -176,3 +177,45 @@ def test_a_connection_that_keeps_dropping_is_one_clear_error(
     )
     (job,) = project.latest_run()["jobs"]
     assert job["status"] == "failed" and "prepare-shared-upload" in job["message"]
+
+
+def test_a_garbage_collection_on_the_builder_during_a_lane_keeps_its_payloads(
+    make_staged_project, builder_env
+):
+    """Copied closures have no root of their own on the builder: the lane's lease roots them in
+    its run's directory, so the builder's own `nix-store --gc`, run while the lane waits,
+    leaves them and the lane reads them afterwards."""
+    lane = LaneSpec(
+        "check",
+        f"echo waiting; sleep 4; {BUILD_ROOT}/bin/run-check",
+        placement="remote_ssh",
+        runtime="bubblewrap",
+    )
+    project = make_staged_project(WRAPPERS, {"main": [lane]}, realize="copy", hermetic=True)
+    store = builder_env["PIKACI_BUILDER_NIX_STORE"]
+    proc = subprocess.Popen(
+        [*DOIT, "run", "lane:check"],
+        cwd=project.root,
+        env={**project.env, **builder_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "[check] waiting" in line:
+            break
+    collected = subprocess.run(
+        ["su", "-s", "/bin/sh", USER, "-c", f"nix-store --store {store} --gc"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert collected.returncode == 0, collected.stderr
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, "".join(seen) + rest
+    record = project.latest_run()
+    for output in orjson.loads(Path(str(record["prepared_outputs_path"])).read_bytes())["outputs"]:
+        assert in_builder_store(builder_env, output["realized_path"])
