@@ -137,3 +137,26 @@ def test_the_doit_task_checks_for_the_catalog_and_is_never_a_default(
     assert "FAIL incus profile" in broken.stdout and "is not ready" in broken.stdout + broken.stderr
     listing = project.doit("list")
     assert any(line.startswith("builder_check ") for line in listing.stdout.splitlines())
+
+
+def test_the_documented_host_key_fix_works(sshd: Sshd, incus_builder, tmp_path: Path) -> None:
+    """docs/builders.md: an unknown host key fails at once; `ssh-keyscan -p <port> <host> >>
+    known_hosts` fixes it."""
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        sshd.ssh_config.read_text()
+        .replace("StrictHostKeyChecking no", "StrictHostKeyChecking yes")
+        .replace("UserKnownHostsFile /dev/null", f"UserKnownHostsFile {known}")
+    )
+    env = {**incus_builder, "PIKACI_BUILDER_SSH_CONFIG": str(config)}
+    assert lines_of(check(env, tmp_path))["ssh"].startswith("FAIL ssh")
+    scanned = subprocess.run(
+        ["ssh-keyscan", "-p", str(sshd.port), "127.0.0.1"], capture_output=True, text=True
+    )
+    assert scanned.returncode == 0 and scanned.stdout, scanned.stderr
+    with known.open("a") as out:
+        out.write(scanned.stdout)
+    done = check(env, tmp_path)
+    assert lines_of(done)["ssh"].startswith("ok   ssh"), done.stdout
