@@ -40,6 +40,9 @@ REQUEST_SCHEMA_VERSION = 2
 LIFECYCLE_SCHEMA_VERSION = 1
 DEFAULT_RUN_DIR = "/run/pika-cloud"
 RUN_DIR_ENV = "PIKACI_GUEST_RUN_DIR"
+# which guest this is, for the boot line: upstream's wording (`incus`) unless a sandbox says so
+KIND_ENV = "PIKACI_GUEST_KIND"
+DEFAULT_KIND = "incus"
 REQUEST_FILE = "guest-request.json"
 RUNNER_PATH = "/run/current-system/sw/bin/pikaci-incus-run"
 
@@ -808,8 +811,9 @@ class Runner:
             # a result left by an earlier invocation must never pass for this one's
             with contextlib.suppress(FileNotFoundError):
                 self.lifecycle.result_path.unlink()
-            self.log.say(f"incus guest booted at {local_timestamp()}")
-            self.lifecycle.record("booted", "incus guest booted")
+            kind = os.environ.get(KIND_ENV, "").strip() or DEFAULT_KIND
+            self.log.say(f"{kind} guest booted at {local_timestamp()}")
+            self.lifecycle.record("booted", f"{kind} guest booted")
             request = load_request(request_path)
             euid = os.geteuid()
             argv = build_argv(request, euid)

@@ -214,6 +214,9 @@ def bwrap_command(
         "--setenv",
         "LANG",
         "C.UTF-8",
+        "--setenv",
+        guest.KIND_ENV,
+        "bubblewrap",  # the runner's boot line names this guest, not Incus
         *[arg for name, value in env for arg in ("--setenv", name, value)],
         "--proc",
         "/proc",

@@ -79,6 +79,9 @@ def test_a_remote_sandbox_lane_gets_the_guest_layout_on_the_builder(
     assert "snapshot read-only" in (artifacts / "guest.log").read_text()
     events = [orjson.loads(line) for line in (artifacts / "events.jsonl").read_text().splitlines()]
     assert [e["kind"] for e in events] == ["booted", "starting", "completed"]
+    # the runner names the guest it runs in: this is no Incus instance
+    assert events[0]["message"] == "bubblewrap guest booted"
+    assert "[pikaci] bubblewrap guest booted at " in (artifacts / "guest.log").read_text()
     assert orjson.loads((artifacts / "result.json").read_bytes())["status"] == "completed"
     host_log = Path(job["host_log_path"]).read_text()
     assert "[runner:stdout] snapshot read-only" in host_log

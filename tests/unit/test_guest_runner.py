@@ -186,7 +186,7 @@ def test_pass_records_lifecycle_and_streams_output(g: Guest):
     assert proc.stderr == ""
 
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("[pikaci] incus guest booted at ")
+    assert lines[0].startswith("[pikaci] incus guest booted at ")  # upstream's wording
     _assert_timestamp(lines[0].rsplit(" ", 1)[1])
     assert lines[-4:] == ["one", "two", "three", "[pikaci] test passed"]
     assert g.guest_log() == proc.stdout
