@@ -5,7 +5,6 @@ snapshot upload, and an interrupt while two run leaves nothing behind."""
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import List
@@ -13,11 +12,11 @@ from typing import List
 from pikaci.incus.commands import instance_name
 from tests.fixtures.faults import processes_mentioning
 from tests.fixtures.incus import Incus, most_lanes_at_once
-from tests.fixtures.projects import LaneSpec
+from tests.fixtures.projects import LaneSpec, doit_until_printed
 from tests.fixtures.sshd import USER
-from tests.fixtures.support import DOIT
 
 SLEEP_SECS = 3
+STARTED = ("[s0] started", "[s1] started")
 
 
 def sleepers(count: int, command: str = f"echo started; sleep {SLEEP_SECS}") -> List[LaneSpec]:
@@ -71,22 +70,8 @@ def test_sigint_then_sigterm_during_two_lanes_leaves_nothing(
     make_project, incus_builder, incus: Incus
 ):
     project = make_project(sleepers(2, "echo started; sleep 60"))
-    proc = subprocess.Popen(
-        [*DOIT, "run", "target:main"],
-        cwd=project.root,
-        env={**project.env, **incus_builder},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    seen = set()
-    for line in proc.stdout:
-        if line.endswith("] started\n"):
-            seen.add(line.split("]")[0])
-            if len(seen) == 2:
-                break
-    assert len(seen) == 2, "both lanes should be running"
+    proc, seen = doit_until_printed(project, incus_builder, "target:main", *STARTED)
+    assert all(any(marker in line for line in seen) for marker in STARTED), "both lanes run"
     proc.send_signal(signal.SIGINT)
     time.sleep(0.3)
     proc.send_signal(signal.SIGTERM)

@@ -12,10 +12,9 @@ from typing import Dict, List
 import orjson
 import pytest
 
-from tests.fixtures.projects import LaneSpec, executed_tasks, reused_tasks
+from tests.fixtures.projects import LaneSpec, doit_until_printed, executed_tasks, reused_tasks
 from tests.fixtures.sshd import USER, Sshd
 from tests.fixtures.staged import BUILD_ROOT, WRAPPERS
-from tests.fixtures.support import DOIT
 
 LANE = LaneSpec(
     "check",
@@ -193,20 +192,7 @@ def test_a_garbage_collection_on_the_builder_during_a_lane_keeps_its_payloads(
     )
     project = make_staged_project(WRAPPERS, {"main": [lane]}, realize="copy", hermetic=True)
     store = builder_env["PIKACI_BUILDER_NIX_STORE"]
-    proc = subprocess.Popen(
-        [*DOIT, "run", "lane:check"],
-        cwd=project.root,
-        env={**project.env, **builder_env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if "[check] waiting" in line:
-            break
+    proc, seen = doit_until_printed(project, builder_env, "lane:check", "[check] waiting")
     collected = subprocess.run(
         ["su", "-s", "/bin/sh", USER, "-c", f"nix-store --store {store} --gc"],
         capture_output=True,
