@@ -3,15 +3,17 @@ broken state an operator meets, created for real, reported on its own line with 
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Dict
+from typing import Dict, FrozenSet, Iterator, Mapping, Optional
 
 import orjson
+import pytest
 
 from tests.fixtures.projects import LaneSpec
-from tests.fixtures.sshd import USER, Sshd
+from tests.fixtures.sshd import USER, Sshd, running_sshd
 from tests.fixtures.support import PIKACI
 
 
@@ -160,3 +162,104 @@ def test_the_documented_host_key_fix_works(sshd: Sshd, incus_builder, tmp_path: 
         out.write(scanned.stdout)
     done = check(env, tmp_path)
     assert lines_of(done)["ssh"].startswith("ok   ssh"), done.stdout
+
+
+class LoginPath:
+    """The PATH of every login on a second loopback builder (sshd's `SetEnv PATH=`): one
+    directory holding every program of /usr/bin and /usr/sbin except those a test hides, plus
+    the ones it puts there."""
+
+    def __init__(self, base: Path) -> None:
+        self.bin = base / "bin"
+
+    def set(
+        self, hidden: FrozenSet[str] = frozenset(), added: Optional[Mapping[str, str]] = None
+    ) -> None:
+        staged = self.bin.with_name("bin.new")
+        shutil.rmtree(staged, ignore_errors=True)
+        staged.mkdir(mode=0o755)
+        for source in (Path("/usr/sbin"), Path("/usr/bin")):  # /usr/bin wins on a clash
+            for program in source.iterdir():
+                if program.name not in hidden:
+                    target = staged / program.name
+                    target.unlink(missing_ok=True)
+                    target.symlink_to(program)
+        for name, text in (added or {}).items():
+            (staged / name).unlink(missing_ok=True)
+            (staged / name).write_text(text)
+            (staged / name).chmod(0o755)
+        shutil.rmtree(self.bin, ignore_errors=True)
+        staged.rename(self.bin)
+
+
+@pytest.fixture(scope="module")
+def narrowed_builder(incus_builder) -> Iterator[tuple[Dict[str, str], LoginPath]]:
+    """The loopback builder user behind a second sshd whose logins get a PATH of the test's
+    choosing: tools, python3 and bwrap can go missing for this builder alone."""
+    base = Path(tempfile.mkdtemp(prefix="pikaci-login-path-", dir="/tmp"))
+    base.chmod(0o755)
+    login_path = LoginPath(base)
+    login_path.set()
+    try:
+        with running_sshd(f"SetEnv PATH={login_path.bin}\n") as server:
+            yield {**incus_builder, "PIKACI_BUILDER_SSH_CONFIG": str(server.ssh_config)}, login_path
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_missing_tools_python_and_bwrap_each_have_their_line(narrowed_builder, tmp_path) -> None:
+    env, login_path = narrowed_builder
+    login_path.set(hidden=frozenset({"flock", "realpath", "python3", "bwrap"}))
+    done = check(env, tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = lines_of(done)
+    assert lines["tools"].startswith("FAIL tools: missing: flock realpath (fix: install"), lines
+    assert lines["python3"].startswith("FAIL python3: no python3 on PATH (fix: install Python")
+    assert lines["bwrap"].startswith("FAIL bwrap: no bwrap on PATH (fix: apt-get install")
+    for name in ("ssh", "work dir", "nix", "incus", "incus image"):
+        assert lines[name].startswith("ok"), lines[name]
+    login_path.set()
+    assert check(env, tmp_path).returncode == 0  # the same builder with its programs back
+
+
+def test_bwrap_without_user_namespaces(narrowed_builder, tmp_path) -> None:
+    """The real bwrap, started where the kernel allows no further user namespace (the limit of
+    the namespace it runs in is 0), as on a builder with unprivileged user namespaces off."""
+    env, login_path = narrowed_builder
+    no_userns = (
+        "#!/bin/sh\n"
+        "exec unshare --user --map-root-user sh -c "
+        '\'echo 0 > /proc/sys/user/max_user_namespaces && exec /usr/bin/bwrap "$@"\' bwrap "$@"\n'
+    )
+    login_path.set(added={"bwrap": no_userns})
+    try:
+        done = check(env, tmp_path)
+    finally:
+        login_path.set()
+    line = lines_of(done)["bwrap"]
+    assert line.startswith("FAIL bwrap: bwrap: Creating new namespace failed"), line
+    assert "user namespaces must be allowed" in line
+    assert done.returncode == 1
+
+
+def test_a_single_user_nix_refuses_the_builder_user(incus_builder, tmp_path: Path) -> None:
+    """Debian's nix-bin without PIKACI_BUILDER_NIX_STORE: the store belongs to root and its
+    daemon socket to nix-users, which the builder user is not in."""
+    env = {k: v for k, v in incus_builder.items() if k != "PIKACI_BUILDER_NIX_STORE"}
+    line = lines_of(check(env, tmp_path))["nix"]
+    assert line.startswith("FAIL nix: ") and "Permission denied" in line, line
+    assert "nix-users" in line and "PIKACI_BUILDER_NIX_STORE" in line
+
+
+def test_a_refused_login_says_so_at_once(sshd: Sshd, incus_builder, tmp_path: Path) -> None:
+    stranger = tmp_path / "stranger_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        sshd.ssh_config.read_text().replace(str(sshd.client_key), str(stranger))
+        + "  BatchMode yes\n"
+    )
+    done = check({**incus_builder, "PIKACI_BUILDER_SSH_CONFIG": str(config)}, tmp_path)
+    assert done.returncode == 1
+    line = lines_of(done)["ssh"]
+    assert "Permission denied" in line and "key only, no password" in line, line
