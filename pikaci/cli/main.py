@@ -9,7 +9,8 @@
     pikaci incus-reap [--older-than SECS] [--remote] [--json]   delete leftover instances
     pikaci ci-plan [--base REF] [--worktree] [--nightly] [--json]   forge lanes to run, and why
     pikaci doit ARGS...          any doit command over the repository's catalog
-    pikaci serve [--host H] [--port P] [--repo SLUG=STATE_ROOT]... [--no-auth]   pages + JSON API
+    pikaci serve [--host H] [--port P] [--repo SLUG=STATE_ROOT]... [--forge-repo SLUG] [--no-auth]
+                                                          pages + JSON API + forge paths
 
 `run`, `rerun` and `doit` read the catalog (`CATALOG`) from the repository's `dodo.py`, or
 from the file `-f FILE` names, through the same doit loader that `doit` itself uses there.

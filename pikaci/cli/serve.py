@@ -27,6 +27,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="SLUG=STATE_ROOT",
         help="a repository to serve (repeatable; default: this directory's state root)",
     )
+    parser.add_argument(
+        "--forge-repo",
+        metavar="SLUG",
+        help="the repository the forge's paths (/git/api/forge/..., /news/api/forge/...) serve "
+        "(default: the first one)",
+    )
     NO_AUTH.add_to(parser)
     parser.set_defaults(func=serve_command)
 
@@ -36,4 +42,9 @@ def serve_command(args: argparse.Namespace) -> int:
     repos, tokens = resolve_config(
         args.host, args.no_auth, args.repo, source_root, state_root(args), os.environ
     )
-    return serve(repos, tokens, args.host, args.port, sys.stderr)
+    if args.forge_repo is not None and args.forge_repo not in repos:
+        raise ServeError(
+            f"--forge-repo {args.forge_repo!r}: not a served repository "
+            f"({', '.join(sorted(repos))})"
+        )
+    return serve(repos, tokens, args.host, args.port, sys.stderr, forge_slug=args.forge_repo)

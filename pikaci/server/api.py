@@ -85,11 +85,11 @@ def install_api(app: bottle.Bottle, known: Mapping[str, Repo], tokens: TokenSet)
     route = f"{API_PREFIX}/<slug>/pikaci"
     app.route(API_PREFIX, "GET", api(lambda: {"repos": sorted(known)}))
     app.route(f"{route}/runs", "GET", api(_list))
-    app.route(f"{route}/run/<run_id>", "GET", api(_run))
+    app.route(f"{route}/run/<run_id>", "GET", api(run_body))
     app.route(f"{route}/bundle/<run_id>", "GET", api(_bundle))
-    app.route(f"{route}/logs/<run_id>", "GET", api(_logs))
+    app.route(f"{route}/logs/<run_id>", "GET", api(logs_body))
     app.route(f"{route}/raw-log/<run_id>", "GET", api(raw_log_response))
-    app.route(f"{route}/prepared-outputs/<run_id>", "GET", api(_prepared))
+    app.route(f"{route}/prepared-outputs/<run_id>", "GET", api(prepared_body))
     app.route(f"{route}/tail/<run_id>", "GET", api(_tail))
 
 
@@ -109,7 +109,7 @@ def _list(repo: Repo) -> Dict[str, Any]:
     }
 
 
-def _run(repo: Repo, run_id: str) -> Dict[str, Any]:
+def run_body(repo: Repo, run_id: str) -> Dict[str, Any]:
     return load_run(repo, run_id).to_dict()
 
 
@@ -127,7 +127,7 @@ def _bundle(repo: Repo, run_id: str) -> Dict[str, Any]:
     }
 
 
-def _prepared(repo: Repo, run_id: str) -> Dict[str, Any]:
+def prepared_body(repo: Repo, run_id: str) -> Dict[str, Any]:
     run = load_run(repo, run_id)
     record = load_prepared(repo, run)
     if record is None:
@@ -135,14 +135,20 @@ def _prepared(repo: Repo, run_id: str) -> Dict[str, Any]:
     return {"run_id": run.run_id, "prepared_outputs": record}
 
 
-def _logs(repo: Repo, run_id: str) -> Dict[str, Any]:
+def logs_body(repo: Repo, run_id: str) -> Dict[str, Any]:
+    """Upstream's `{run_id, job, host, guest}`; a log longer than LOG_CAP is its end, and
+    `omitted_bytes` says how much was cut from its start (0: the whole log)."""
     kind = kind_param((*LOG_KINDS, "both"), "both")
     run, job = load_job(repo, run_id)
     texts: Dict[str, Optional[str]] = {"host": None, "guest": None}
+    omitted = {"host": 0, "guest": 0}
     for name in LOG_KINDS:
         if kind in (name, "both"):
-            texts[name] = read_log_end(log_path(repo, run, job, name))
-    return {"run_id": run.run_id, "job": job.id, **texts}
+            end = read_log_end(log_path(repo, run, job, name))
+            if end is not None:
+                texts[name] = end.text
+                omitted[name] = end.omitted_bytes
+    return {"run_id": run.run_id, "job": job.id, **texts, "omitted_bytes": omitted}
 
 
 def raw_log_response(

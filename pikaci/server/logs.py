@@ -21,13 +21,20 @@ def open_log(log: BundleFile) -> BinaryIO:
         raise ApiError(404, f"cannot read {log.name}: {exc.strerror}") from None
 
 
-def read_log_end(path: BundleFile) -> Optional[str]:
+@dataclass(frozen=True)
+class LogEnd:
+    text: str
+    omitted_bytes: int  # cut from the start: the log is longer than LOG_CAP
+
+
+def read_log_end(path: BundleFile) -> Optional[LogEnd]:
     """The log (its last LOG_CAP bytes when longer); None when it was never created."""
     try:
         with open_log(path) as handle:
             size = os.fstat(handle.fileno()).st_size
-            handle.seek(max(0, size - LOG_CAP))
-            return handle.read(LOG_CAP).decode("utf-8", "replace")
+            start = max(0, size - LOG_CAP)
+            handle.seek(start)
+            return LogEnd(handle.read(LOG_CAP).decode("utf-8", "replace"), start)
     except FileNotFoundError:
         return None
     except OSError as exc:

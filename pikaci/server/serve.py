@@ -145,14 +145,15 @@ def serve(
     port: int,
     out: TextIO,
     ready: Optional[Callable[[str, int], None]] = None,
+    forge_slug: Optional[str] = None,
 ) -> int:
     """Serve until SIGINT or SIGTERM, then close the listening socket and return 0."""
-    app = access_log(make_app(repos, tokens), out)
+    app = access_log(make_app(repos, tokens, forge_slug=forge_slug), out)
     server = waitress.create_server(app, host=host, port=port, threads=8, ident="pikaci")
     bound_host, bound_port = server.effective_host, server.effective_port
     out.write(
         f"pikaci serve: listening on http://{bound_host}:{bound_port}/ "
-        f"(pages; the JSON API under /api/repos)\n"
+        f"(pages; the JSON API under /api/repos, the forge's paths under /git/api/forge)\n"
     )
     out.flush()
     if ready is not None:

@@ -101,12 +101,21 @@ def test_pikaci_serve_with_several_repositories(real_project, tmp_path):
         f"first={real_project.state_root}",
         "--repo",
         f"second={other.root}",
+        "--forge-repo",
+        "second",
         env={"PIKACI_SERVER_TOKENS": f"{OTHER},{TOKEN}"},
     )
     try:
         assert raw_get(port, "/api/repos") == (200, {"repos": ["first", "second"]})
         runs = raw_get(port, "/api/repos/second/pikaci/runs")[1]["runs"]
         assert [run["run_id"] for run in runs] == [rid(1)]
+        # the forge's paths read the repository --forge-repo names
+        for prefix in ("/git/api/forge/pikaci", "/news/api/forge/pikaci"):
+            assert raw_get(port, f"{prefix}/run/{rid(1)}") == (
+                200,
+                raw_get(port, f"/api/repos/second/pikaci/run/{rid(1)}")[1],
+            )
+            assert raw_get(port, f"{prefix}/run/{rid(1)}", token=None)[0] == 401
     finally:
         process.terminate()
         process.communicate(timeout=30)
@@ -132,6 +141,11 @@ def test_pikaci_serve_refuses_to_start_without_tokens(real_project):
     )
     short = real_project.pikaci("serve", env={"PIKACI_SERVER_TOKENS": "t"})
     assert short.returncode == 1 and "shorter than 16 characters" in short.stderr
+    unknown = real_project.pikaci("serve", "--forge-repo", "nope", env=long_enough)
+    assert unknown.returncode == 1
+    assert unknown.stderr == (
+        "pikaci: error: --forge-repo 'nope': not a served repository (my-repo)\n"
+    )
     port = real_project.pikaci("serve", "--port", "99999", env=long_enough)
     assert port.returncode == 2 and "--port: expected a port number" in port.stderr
 

@@ -298,13 +298,20 @@ def test_logs_by_job_and_kind(app, state_root):
     make_run(state_root, rid(1), jobs=("a", "b"))
     assert get(app, f"{BASE}/logs/{rid(1)}") == (
         200,
-        {"run_id": rid(1), "job": "a", "host": "host of a\n", "guest": "guest of a\n"},
+        {
+            "run_id": rid(1),
+            "job": "a",
+            "host": "host of a\n",
+            "guest": "guest of a\n",
+            "omitted_bytes": {"host": 0, "guest": 0},
+        },
     )
     assert get(app, f"{BASE}/logs/{rid(1)}", "job=b&kind=host")[1] == {
         "run_id": rid(1),
         "job": "b",
         "host": "host of b\n",
         "guest": None,
+        "omitted_bytes": {"host": 0, "guest": 0},
     }
     assert get(app, f"{BASE}/logs/{rid(1)}", "job=b&kind=guest")[1]["host"] is None
     (state_root.job_dir(rid(1), "b") / "artifacts" / "guest.log").unlink()
