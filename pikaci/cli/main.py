@@ -3,6 +3,7 @@
     pikaci [--state-root DIR] run JOB... [--output human|json|jsonl] [-n N] [--continue]
     pikaci [--state-root DIR] rerun RUN_ID [--output ...]
     pikaci [--state-root DIR] list | status RUN | logs RUN | prepared-outputs RUN | gc
+    pikaci summary [RUN] [--target T] [--artifact-dir D] [--allow-missing]   for a CI step
     pikaci gc-remote [--keep-runs N] [--keep-snapshots-days D] [--json]   on $PIKACI_BUILDER
     pikaci builder reset         end the shared SSH connections (new groups, changed config)
     pikaci incus-image FILE [ROOTFS] [--remote]    import the guest image under its alias
@@ -17,7 +18,7 @@ from the file `-f FILE` names, through the same doit loader that `doit` itself u
 Exit status: 1 for a failed run or an error, 2 for a usage error, 130 after Ctrl-C, 0 otherwise.
 
 Each command family is one module of this package (`run`, `inspect`, `builder`, `incus`,
-`forge`, `serve`): its `register` adds the subcommands and sets their handler as `func`.
+`forge`, `serve`, `summary`): its `register` adds the subcommands and sets their handler as `func`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import argparse
 import sys
 from typing import Callable, Optional, Sequence
 
-from pikaci.cli import builder, forge, incus, inspect, run, serve
+from pikaci.cli import builder, forge, incus, inspect, run, serve, summary
 from pikaci.model import RecordError
 from pikaci.store import StoreError
 
@@ -41,6 +42,7 @@ _ERRORS = (
     *incus.ERRORS,
     *builder.ERRORS,
     *serve.ERRORS,
+    *summary.ERRORS,
 )
 
 
@@ -54,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     # registration order is the order of `pikaci --help`
     run.register(sub)
     inspect.register(sub)
+    summary.register(sub)
     builder.register(sub)
     incus.register(sub)
     forge.register(sub)

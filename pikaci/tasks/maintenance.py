@@ -1,4 +1,5 @@
-"""Housekeeping tasks: `gc_remote`, `builder_check`, `incus_image`, `incus_reap` and `serve`.
+"""Housekeeping tasks: `gc_remote`, `builder_check`, `incus_image`, `incus_reap`, `serve` and
+`summary`.
 
 They are in every repository's task list, belong to no target and run only when named: plain
 `doit` must never delete anything or start a server.
@@ -19,16 +20,20 @@ from pikaci.builder.transport import RemoteCommandError, TransportError
 from pikaci.catalog import Catalog
 from pikaci.incus import admin as incus_admin
 from pikaci.incus import config as incus_config
+from pikaci.model import RecordError
 from pikaci.options import JSON, REMOTE
+from pikaci.run_summary import OPTIONS as SUMMARY_OPTIONS
+from pikaci.run_summary import RUN, SummaryError, summary_command
 from pikaci.server import serve
 from pikaci.settings import Settings
-from pikaci.store import StateRoot
+from pikaci.store import StateRoot, StoreError
 from pikaci.tasks.common import TaskDict
 
 GC_REMOTE_TASK = "gc_remote"
 INCUS_IMAGE_TASK = "incus_image"
 INCUS_REAP_TASK = "incus_reap"
 SERVE_TASK = "serve"
+SUMMARY_TASK = "summary"
 BUILDER_CHECK_TASK = "builder_check"
 MAINTENANCE_TASKS = (
     GC_REMOTE_TASK,
@@ -36,6 +41,7 @@ MAINTENANCE_TASKS = (
     INCUS_IMAGE_TASK,
     INCUS_REAP_TASK,
     SERVE_TASK,
+    SUMMARY_TASK,
 )
 _INCUS_ERRORS = (
     incus_admin.IncusAdminError,
@@ -52,6 +58,7 @@ def maintenance_tasks(settings: Settings, catalog: Catalog) -> List[TaskDict]:
         incus_image_task(),
         incus_reap_task(),
         serve_task(settings.source_root, StateRoot(settings.state_root)),
+        summary_task(StateRoot(settings.state_root)),
     ]
 
 
@@ -184,6 +191,45 @@ def serve_task(source_root: Path, state: StateRoot) -> TaskDict:
         "doc": "serve this checkout's runs (web pages and JSON API) until Ctrl-C; "
         "--host, --port, --no-auth",
         "params": [serve.HOST.param(), serve.PORT.param(), serve.NO_AUTH.param()],
+        "actions": [action],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
+def summary_task(state: StateRoot) -> TaskDict:
+    """`doit summary [--run ID] [--target T] [--artifact-dir D] ...`: `pikaci summary`."""
+
+    def action(
+        run_id: str,
+        target: str,
+        artifact_dir: str,
+        github_output: str,
+        step_summary: str,
+        allow_missing: bool,
+    ) -> Optional[TaskError]:
+        try:
+            code = summary_command(
+                state,
+                run_id,
+                target,
+                artifact_dir,
+                github_output,
+                step_summary,
+                allow_missing,
+                os.environ,
+                sys.stdout,
+                sys.stderr,
+            )
+        except (SummaryError, StoreError, RecordError, OSError) as exc:
+            return TaskError(f"{SUMMARY_TASK}: {exc}")
+        return TaskError(f"{SUMMARY_TASK}: the run record cannot be read") if code else None
+
+    return {
+        "basename": SUMMARY_TASK,
+        "doc": "a run as a CI step reports it: Markdown, $GITHUB_OUTPUT lines, --artifact-dir, "
+        "failed jobs' host logs; --run, --target, --allow-missing",
+        "params": [RUN.param(), *(option.param() for option in SUMMARY_OPTIONS)],
         "actions": [action],
         "uptodate": [False],
         "verbosity": 2,
