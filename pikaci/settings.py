@@ -19,6 +19,14 @@ ENV_OUTPUT = "PIKACI_OUTPUT"
 ENV_MAX_CONCURRENT = "PIKACI_MAX_CONCURRENT_EXECUTES"
 DEFAULT_MAX_CONCURRENT = 2
 MAX_CONCURRENT_LIMIT = 64
+# the reference refuses to start while this retired switch is set, so that a CI that still
+# sets it learns that it no longer chooses anything
+ENV_RETIRED_INCUS_LANES = "PIKACI_REMOTE_LINUX_VM_INCUS_LANES"
+RETIRED_INCUS_LANES_MESSAGE = (
+    f"{ENV_RETIRED_INCUS_LANES} is no longer supported: unset it (upstream's replacement was "
+    "PIKACI_REMOTE_LINUX_VM_BACKEND=incus|auto; in pikaci a lane's runtime is declared in the "
+    'catalog: Execution(runtime="incus"))'
+)
 
 
 @dataclass
@@ -30,6 +38,9 @@ class Settings:
     dep_file: Optional[Path] = None  # defaults to the state root's doit.sqlite3
     builder: Optional[Builder] = None  # where `remote_ssh` lanes run
     max_concurrent: int = DEFAULT_MAX_CONCURRENT
+    # stdout holds only the result lines (`pikaci run`/`rerun` in human mode, as the reference's
+    # CLI): doit's console and the lanes' output go to stderr
+    results_only_stdout: bool = False
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUT_MODES:
@@ -49,6 +60,8 @@ def settings_from_environment(
     Relative state roots are taken from the source root, where doit and pikaci both run.
     """
     env = os.environ if environ is None else environ
+    if env.get(ENV_RETIRED_INCUS_LANES, "").strip():
+        raise ValueError(RETIRED_INCUS_LANES_MESSAGE)
     state_root = resolve_state_root(state_root_flag, env, cwd=source_root)
     mode = output or env.get(ENV_OUTPUT, "").strip() or "human"
     if mode not in OUTPUT_MODES:

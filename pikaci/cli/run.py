@@ -14,6 +14,8 @@ from typing import List, Sequence
 from pikaci.catalog import Catalog
 from pikaci.model import RUN_FAILED, RUN_SKIPPED
 from pikaci.plan import lane_task, target_task
+from pikaci.run.console import Console
+from pikaci.run.rerun import RerunError, record_skipped_rerun, rerun_tasks
 from pikaci.settings import OUTPUT_MODES, Settings, settings_from_environment
 from pikaci.store import StateRoot, load_run_record
 from pikaci.tasks.loader import DodoFileError, load_catalog, run_doit
@@ -23,7 +25,7 @@ class UsageError(Exception):
     """A command line naming a job or run that cannot be run; the message is one line."""
 
 
-ERRORS = (UsageError, DodoFileError)
+ERRORS = (UsageError, DodoFileError, RerunError)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,7 +33,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument("jobs", nargs="+", metavar="JOB")
     _run_options(run)
     run.set_defaults(func=run_command)
-    rerun = sub.add_parser("rerun", help="run a previous run's lanes again on its snapshot")
+    rerun = sub.add_parser("rerun", help="run a previous run's target again on its snapshot")
     rerun.add_argument("run_id")
     _run_options(rerun)
     rerun.set_defaults(func=rerun_command)
@@ -59,8 +61,15 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings_from_environment(Path.cwd(), args.state_root, getattr(args, "output", None))
 
 
-def run_command(args: argparse.Namespace) -> int:
+def _run_settings(args: argparse.Namespace) -> Settings:
+    """`run` and `rerun`: stdout holds the result lines alone, as the reference's CLI."""
     settings = _settings(args)
+    settings.results_only_stdout = True
+    return settings
+
+
+def run_command(args: argparse.Namespace) -> int:
+    settings = _run_settings(args)
     catalog = load_catalog(args.file)
     return _run(catalog, settings, _task_names(catalog, args.jobs), args)
 
@@ -71,27 +80,25 @@ def doit_command(args: argparse.Namespace) -> int:
 
 
 def rerun_command(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    old = load_run_record(StateRoot(settings.state_root), args.run_id)
+    settings = _run_settings(args)
+    state = StateRoot(settings.state_root)
+    old = load_run_record(state, args.run_id)
     if old.status == RUN_SKIPPED:
-        raise UsageError(f"run `{old.run_id}` was skipped; there is nothing to rerun")
-    lanes = [job.id for job in old.jobs]
-    if not lanes:
-        raise UsageError(f"run `{old.run_id}` cannot be rerun because it records no jobs")
+        console = Console(settings.output, results_only_stdout=True)
+        record_skipped_rerun(state, old, str(settings.source_root), console)
+        return 0
+    catalog = load_catalog(args.file)
+    tasks = rerun_tasks(catalog, old)
     if not old.snapshot_dir or not Path(old.snapshot_dir).is_dir():
         raise UsageError(
             f"run `{old.run_id}` cannot be rerun: its snapshot "
             f"{old.snapshot_dir or '(none)'} no longer exists"
         )
-    catalog = load_catalog(args.file)
-    missing = [lane for lane in lanes if catalog.lane(lane) is None]
-    if missing:
-        raise UsageError(f"run `{old.run_id}` names lanes the catalog no longer has: {missing}")
     settings.rerun = old
     # a private dep file: a rerun executes everything and leaves doit's state alone
     with tempfile.TemporaryDirectory(prefix="pikaci-rerun-") as scratch:
         settings.dep_file = Path(scratch) / "doit.sqlite3"
-        return _run(catalog, settings, [lane_task(lane) for lane in lanes], args)
+        return _run(catalog, settings, tasks, args)
 
 
 def _task_names(catalog: Catalog, jobs: Sequence[str]) -> List[str]:

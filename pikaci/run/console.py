@@ -16,8 +16,9 @@ from pikaci.terminal import strip_controls_text
 
 
 class Console:
-    def __init__(self, output: str) -> None:
+    def __init__(self, output: str, results_only_stdout: bool = False) -> None:
         self.output = output  # human | json | jsonl
+        self.results_only_stdout = results_only_stdout
         self.stdout: IO[str] = sys.stdout
         self.stderr: IO[str] = sys.stderr
         # re-entrant: the signal handler writes a line while the main thread may be mid-write
@@ -25,8 +26,10 @@ class Console:
 
     @property
     def stream(self) -> IO[str]:
-        """Where people's lines go: stdout, unless stdout carries JSON."""
-        return self.stdout if self.output == "human" else self.stderr
+        """Where people's lines go: stdout, unless stdout carries JSON or the result lines."""
+        if self.output == "human" and not self.results_only_stdout:
+            return self.stdout
+        return self.stderr
 
     def line(self, text: str) -> None:
         """One line for people; on a terminal a lane's control sequences (titles, cursor
@@ -70,6 +73,8 @@ class Console:
         elif self.output == "human":
             for job in record.jobs:
                 out.write(f"{record.run_id} {job.id} {job.status}\n")
+            if not record.jobs:  # skipped, or failed before any lane
+                out.write(f"{record.run_id} {record.target_id or '-'} {record.status}\n")
         bundle = state.runs_dir / record.run_id
         reused = sum(1 for job in record.jobs if job.reused_from_run)
         summary = f"pikaci: run {record.run_id} {record.status}"
@@ -79,7 +84,7 @@ class Console:
         for job in record.jobs:
             if job.message:
                 lines.append(f"pikaci: {job.id}: {job.message}")
-        if record.message and record.status == RUN_FAILED:
+        if record.message and (record.status == RUN_FAILED or not record.jobs):
             lines.append(f"pikaci: {record.message}")
         self.stderr.write("".join(line + "\n" for line in lines))
         self.flush()

@@ -37,6 +37,7 @@ from pikaci.plan import LaneInputs, describe_run, payload_owners, prepare_nodes,
 from pikaci.retention import remove_abandoned_staging
 from pikaci.run.console import Console
 from pikaci.run.outputs import payload_sink, record_consumed, record_realized
+from pikaci.run.rerun import inherited
 from pikaci.run.signals import Interruption
 from pikaci.run.transitions import (
     adopt_snapshot,
@@ -99,7 +100,7 @@ class RunSession:
         self.owners = payload_owners(catalog)
         self.settings = settings
         self.state = StateRoot(settings.state_root)
-        self.out = Console(settings.output)
+        self.out = Console(settings.output, settings.results_only_stdout)
         self.run: Optional[_RunState] = None
         self._lock = threading.RLock()
         self._git: Optional[GitState] = None
@@ -154,6 +155,8 @@ class RunSession:
                 message=f"rerun of {rerun.run_id}" if rerun else None,
             )
             if rerun:
+                for name, value in inherited(rerun).items():
+                    setattr(record, name, value)
                 record.snapshot_dir = rerun.snapshot_dir
                 record.content_hash = rerun.content_hash
                 record.git_head, record.git_dirty = rerun.git_head, rerun.git_dirty

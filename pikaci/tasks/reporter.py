@@ -30,8 +30,9 @@ class PikaciReporter(ConsoleReporter):  # type: ignore[misc]
     session: RunSession
 
     def __init__(self, outstream: Any, options: Dict[str, Any]) -> None:
-        if self.session.settings.output != "human" and outstream is sys.stdout:
-            outstream = sys.stderr  # stdout carries the JSON
+        settings = self.session.settings
+        if (settings.output != "human" or settings.results_only_stdout) and outstream is sys.stdout:
+            outstream = sys.stderr  # stdout carries the JSON, or the result lines alone
         super().__init__(outstream, options)
         self._started: Dict[str, str] = {}
 

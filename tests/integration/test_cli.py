@@ -147,3 +147,79 @@ def test_a_moved_state_root_keeps_its_logs_and_runs(project_with_runs, tmp_path)
     assert all(job["host_log_exists"] and job["guest_log_exists"] for job in meta["jobs"])
     listing = project.pikaci("list", env=env)
     assert listing.returncode == 0 and len(listing.stdout.splitlines()) == 3
+
+
+def test_run_prints_the_result_lines_alone_on_stdout(make_project):
+    """§1.1: `<run_id> <job_id> <status>` per job on stdout; doit's console, the lanes' output
+    and the jobs' messages on stderr."""
+    project = make_project([LaneSpec("a", "echo alpha-out"), LaneSpec("b", "exit 4")])
+    done = project.pikaci("run", "main", "--continue")
+    assert done.returncode == 1
+    (run_id,) = project.run_ids()
+    assert done.stdout == f"{run_id} a passed\n{run_id} b failed\n"
+    assert "alpha-out" in done.stderr and "execute:a" in done.stderr
+    assert "pikaci: b: host-local command exited with 4" in done.stderr
+    # `pikaci doit` and `doit` keep doit's own console on stdout
+    through_doit = project.pikaci("doit", "run", "lane:a")
+    assert "lane:a" in through_doit.stdout
+
+
+def test_rerun_runs_the_old_runs_target_with_its_metadata(make_project):
+    """§2.8: the target again (every lane of it), not only the lanes the old run ran."""
+    project = make_project([LaneSpec("a", "true"), LaneSpec("b", "true")])
+    assert project.pikaci("run", "a").returncode == 0
+    (old,) = project.run_ids()
+    record = project.run_record(old)
+    assert record["target_id"] == "main" and [j["id"] for j in record["jobs"]] == ["a"]
+    record["changed_files"] = ["src/hello.txt"]
+    record["prepared_output_mode"] = "fulfill_request_cli_v1"
+    (project.state_root / "runs" / old / "run.json").write_bytes(orjson.dumps(record))
+    done = project.pikaci("rerun", old)
+    assert done.returncode == 0, done.stderr
+    new = project.run_ids()[-1]
+    assert done.stdout == f"{new} a passed\n{new} b passed\n"
+    rerun = project.run_record(new)
+    assert rerun["rerun_of"] == old and rerun["target_id"] == "main"
+    assert rerun["changed_files"] == ["src/hello.txt"]
+    assert rerun["prepared_output_mode"] == "fulfill_request_cli_v1"
+
+
+def test_rerun_of_a_skipped_run_records_a_new_skipped_run(make_project):
+    project = make_project([LaneSpec("a", "true")])
+    assert project.pikaci("run", "a").returncode == 0
+    (old,) = project.run_ids()
+    record = project.run_record(old)
+    record.update(status="skipped", jobs=[], message="nothing changed", changed_files=["x"])
+    (project.state_root / "runs" / old / "run.json").write_bytes(orjson.dumps(record))
+    done = project.pikaci("rerun", old)
+    assert done.returncode == 0, done.stderr
+    new = project.run_ids()[-1]
+    assert new != old and done.stdout == f"{new} main skipped\n"
+    assert f"rerun of {old}" in done.stderr
+    skipped = project.run_record(new)
+    assert skipped["status"] == "skipped" and skipped["rerun_of"] == old
+    assert skipped["jobs"] == [] and skipped["changed_files"] == ["x"]
+    assert skipped["finished_at"] and skipped["message"] == f"rerun of {old}"
+    events = project.pikaci("rerun", old, "--output", "jsonl")
+    kinds = [orjson.loads(line)["event"] for line in events.stdout.splitlines()]
+    assert kinds == ["run_started", "run_finished"]
+    assert project.pikaci("status", new).stdout.startswith(f"{new} main skipped\n")
+
+
+def test_the_retired_incus_lanes_switch_refuses_every_command(make_project):
+    project = make_project([LaneSpec("a", "true")])
+    env = {"PIKACI_REMOTE_LINUX_VM_INCUS_LANES": "1"}
+    for argv in (["run", "a"], ["list"]):
+        done = project.pikaci(*argv, env=env)
+        assert done.returncode == 1
+        assert done.stderr.startswith(
+            "pikaci: error: PIKACI_REMOTE_LINUX_VM_INCUS_LANES is no longer supported"
+        )
+        assert "PIKACI_REMOTE_LINUX_VM_BACKEND=incus|auto" in done.stderr
+    through_doit = project.doit("run", "lane:a", env=env)
+    assert through_doit.returncode != 0
+    assert "PIKACI_REMOTE_LINUX_VM_INCUS_LANES is no longer supported" in (
+        through_doit.stdout + through_doit.stderr
+    )
+    assert project.run_ids() == []
+    assert project.pikaci("list", env={"PIKACI_REMOTE_LINUX_VM_INCUS_LANES": " "}).returncode == 0
