@@ -263,6 +263,7 @@ class JobRecord(Record):
     artifacts_dir: Optional[str] = None
     snapshot_dir: Optional[str] = None  # runs spanning targets have one snapshot per target
     content_hash: Optional[str] = None
+    sandbox: Optional[str] = None  # "bubblewrap": runtime says host_process (pikaci.vocabulary)
 
     @classmethod
     def _field_decoders(cls) -> Dict[str, Decoder]:
@@ -383,6 +384,7 @@ class PlanNode(Record):
     depends_on: List[str] = field(default_factory=list)
     prepare: Optional[Dict[str, Any]] = None
     execute: Optional[Dict[str, Any]] = None
+    sandbox: Optional[str] = None  # addition, as on JobRecord
 
     def to_dict(self) -> Dict[str, Any]:
         out = super().to_dict()
@@ -403,10 +405,17 @@ class RunPlanRecord(Record):
         default_factory=lambda: ["host_setup_complete", "workspace_snapshot_created"]
     )
     nodes: List[PlanNode] = field(default_factory=list)
+    # addition: pikaci's prepare nodes the reference's plan has no type for (the workspace
+    # snapshot, `nix copy` to the builder); `depends_on` may name them
+    pikaci_nodes: List[PlanNode] = field(default_factory=list)
 
     @classmethod
     def _field_decoders(cls) -> Dict[str, Decoder]:
-        return {"nodes": list_of(PlanNode), "preconditions": _str_list}
+        return {
+            "nodes": list_of(PlanNode),
+            "pikaci_nodes": list_of(PlanNode),
+            "preconditions": _str_list,
+        }
 
 
 # -- prepared outputs -----------------------------------------------------------------------
@@ -435,6 +444,8 @@ class RealizedPreparedOutputRecord(Record):
     exposures: List[Exposure] = field(default_factory=list)
     requested_exposures: List[Exposure] = field(default_factory=list)
     payload: Optional[Dict[str, Any]] = None
+    # addition: how the lanes really read it when `consumer` is the reference's nearest value
+    pikaci_consumer: Optional[str] = None
 
     @classmethod
     def _field_decoders(cls) -> Dict[str, Decoder]:

@@ -32,6 +32,7 @@ from pikaci.catalog import (
 from pikaci.model import RUN_PASSED, PlanNode, RunPlanRecord, RunRecord
 from pikaci.payloads.staged import RESIDENCY_BUILDER, RESIDENCY_LOCAL
 from pikaci.snapshot import SnapshotFilter, SnapshotMetadata
+from pikaci.vocabulary import PREPARE_TYPES, recorded_execution
 
 IDENTITY_VERSION = 1
 PAYLOAD_ROLES = ("deps", "build")
@@ -305,13 +306,15 @@ def run_plan(
 ) -> RunPlanRecord:
     """`plan.json`: the prepare nodes the planned lanes wait for, then one execute node each."""
     nodes: List[PlanNode] = []
+    pikaci_nodes: List[PlanNode] = []  # node types the reference's plan does not have
     seen: List[str] = []
 
     def prepare(node_id: str, description: str, body: Dict[str, Any], deps: List[str]) -> None:
         if node_id in seen:
             return
         seen.append(node_id)
-        nodes.append(
+        listed = nodes if body["type"] in PREPARE_TYPES else pikaci_nodes
+        listed.append(
             PlanNode(
                 kind="prepare",
                 id=node_id,
@@ -367,14 +370,16 @@ def run_plan(
                     [previous],
                 )
         guest = lane.execution.runtime != RUNTIME_HOST_PROCESS
+        recorded = recorded_execution(lane.execution)
         nodes.append(
             PlanNode(
                 kind="execute",
                 id=execute_node(lane.id),
                 description=lane.description or f"lane {lane.id}",
-                executor=lane.execution.executor,
-                placement=lane.execution.placement,
-                runtime=lane.execution.runtime,
+                executor=recorded.executor,
+                placement=recorded.placement,
+                runtime=recorded.runtime,
+                sandbox=recorded.sandbox,
                 depends_on=prepare_nodes(target, owner),
                 execute={
                     "type": "vm_command" if guest else "host_command",
@@ -391,4 +396,5 @@ def run_plan(
         target_description=record.target_description,
         created_at=record.created_at,
         nodes=nodes,
+        pikaci_nodes=pikaci_nodes,
     )

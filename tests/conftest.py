@@ -7,6 +7,7 @@ the loopback sshd, bubblewrap); `tests/integration/` the ones that drive doit or
 script in subprocesses, all marked `slow` by `tests/integration/conftest.py`."""
 
 pytest_plugins = [
+    "tests.fixtures.vocabulary",  # first: tests.fixtures.projects imports it
     "tests.fixtures.projects",
     "tests.fixtures.staged",
     "tests.fixtures.sshd",

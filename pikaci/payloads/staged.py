@@ -11,11 +11,11 @@ from pikaci.model import (
     RealizedPreparedOutputRecord,
 )
 from pikaci.payloads.manifest import PayloadManifest, parse_manifest
+from pikaci.vocabulary import CONSUMER_BUILDER_MOUNTS, CONSUMER_REMOTE_EXPOSURE
 
 RESIDENCY_LOCAL = "local_authoritative"  # built here (and, in `copy` mode, copied over)
 RESIDENCY_BUILDER = "remote_authoritative_staged_linux"  # built on the builder, only there
 CONSUMER_LOCAL = "host_local_symlink_mounts_v1"
-CONSUMER_BUILDER = "builder_bind_mounts_v1"  # mounted from the builder's store
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,10 @@ class StagedOutput:
             output_name=self.output_name,
             protocol="nix_store_path_v1",
             residency=self.residency,
-            consumer=CONSUMER_BUILDER if self.on_builder else CONSUMER_LOCAL,
+            # mounted from the builder's store: the reference's nearest consumer, and what
+            # really happens in pikaci's own field (pikaci.vocabulary)
+            consumer=CONSUMER_REMOTE_EXPOSURE if self.on_builder else CONSUMER_LOCAL,
+            pikaci_consumer=CONSUMER_BUILDER_MOUNTS if self.on_builder else None,
             realized_path=str(self.store_path),
             payload=self.manifest.to_dict(),
         )

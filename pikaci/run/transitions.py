@@ -10,17 +10,20 @@ from pikaci.model import RUN_FAILED, RUN_PASSED, RUN_RUNNING, RUN_SKIPPED, JobRe
 from pikaci.plan import LaneInputs, execute_node
 from pikaci.store import GUEST_LOG, HOST_LOG
 from pikaci.timestamps import now_timestamp
+from pikaci.vocabulary import recorded_execution
 
 
 def new_job(target: Target, lane: Lane, job_dir: Path) -> JobRecord:
     """A running job whose logs and artifacts live in `job_dir`."""
+    recorded = recorded_execution(lane.execution)
     return JobRecord(
         id=lane.id,
         description=lane.description or f"lane {lane.id} of target {target.id}",
         status=RUN_RUNNING,
-        executor=lane.execution.executor,
-        placement=lane.execution.placement,
-        runtime=lane.execution.runtime,
+        executor=recorded.executor,
+        placement=recorded.placement,
+        runtime=recorded.runtime,
+        sandbox=recorded.sandbox,
         plan_node_id=execute_node(lane.id),
         timeout_secs=lane.timeout_secs,
         host_log_path=str(job_dir / HOST_LOG),

@@ -44,6 +44,7 @@ from pikaci.server.logs import (
     read_log_page_before,
 )
 from pikaci.server.timeline import format_duration, parse_moment, render_timeline
+from pikaci.vocabulary import shown_runtime
 
 VIEWS = Path(__file__).resolve().parent / "views"
 # one list for every render: bottle caches compiled templates by the lookup list's identity
@@ -307,7 +308,9 @@ def _job_row(repo: Repo, run: RunRecord, job: JobRecord, now: datetime) -> Dict[
         "id": job.id,
         "description": job.description,
         "status": job.status,
-        "execution": f"{job.placement} + {job.runtime}" if job.placement else job.executor,
+        "execution": f"{job.placement} + {shown_runtime(job.runtime, job.sandbox)}"
+        if job.placement
+        else job.executor,
         "duration": _duration(job.started_at, job.finished_at, now) if job.started_at else "",
         "exit_code": "" if job.exit_code is None else str(job.exit_code),
         "message": job.message or "",

@@ -69,7 +69,11 @@ def test_a_remote_sandbox_lane_gets_the_guest_layout_on_the_builder(
     run_id = str(record["run_id"])
     (job,) = record["jobs"]  # type: ignore[misc]
     assert (job["status"], job["exit_code"], job["message"]) == ("passed", 0, "test passed")
-    assert (job["executor"], job["runtime"]) == ("remote_ssh_sandbox", "bubblewrap")
+    assert (job["executor"], job["runtime"], job["sandbox"]) == (
+        "remote_ssh_host_process",
+        "host_process",
+        "bubblewrap",
+    )
     job_dir = Path(job["host_log_path"]).parent
     artifacts = Path(job["artifacts_dir"])
     assert (artifacts / "sub" / "probe.txt").read_text() == "artifact\n"

@@ -64,7 +64,7 @@ def staged(make_staged_project, realize: str):  # type: ignore[no-untyped-def]
 def check_bundle(record: Dict[str, object]) -> Dict[str, object]:
     (job,) = record["jobs"]  # type: ignore[misc]
     assert job["status"] == "passed", job
-    assert job["executor"] == "remote_ssh_sandbox"
+    assert job["executor"] == "remote_ssh_host_process" and job["sandbox"] == "bubblewrap"
     host_log = Path(job["host_log_path"]).read_text()
     artifacts = Path(job["artifacts_dir"])
     assert "hello" in (artifacts / "guest.log").read_text()
@@ -82,6 +82,10 @@ def test_payloads_built_on_the_builder(make_staged_project, builder_env):
     check_bundle(record)
     outputs = orjson.loads(Path(str(record["prepared_outputs_path"])).read_bytes())["outputs"]
     assert {o["residency"] for o in outputs} == {"remote_authoritative_staged_linux"}
+    # bind-mounted from the builder's store: the reference's nearest consumer, pikaci's beside
+    assert {(o["consumer"], o["pikaci_consumer"]) for o in outputs} == {
+        ("remote_exposure_request_v1", "builder_bind_mounts_v1")
+    }
     for output in outputs:
         path = output["realized_path"]
         assert in_builder_store(builder_env, path), "realized in the builder's store"

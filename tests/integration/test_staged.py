@@ -75,7 +75,12 @@ def test_staged_lane_builds_runs_in_the_sandbox_and_is_reused(make_staged_projec
     record = project.latest_run()
     (job,) = record["jobs"]  # type: ignore[misc]
     assert job["status"] == "passed" and job["message"] == "test passed"
-    assert job["executor"] == "local_sandbox" and job["runtime"] == "bubblewrap"
+    # the reference's vocabulary, and pikaci's sandbox beside it (pikaci.vocabulary)
+    assert (job["executor"], job["runtime"], job["sandbox"]) == (
+        "host_local",
+        "host_process",
+        "bubblewrap",
+    )
     artifacts = Path(job["artifacts_dir"])
     assert (artifacts / "probe.txt").read_text() == "artifact\n"
     for name in ("guest.log", "events.jsonl", "status.json", "result.json"):
@@ -409,7 +414,7 @@ def test_plan_of_a_shared_payload_names_the_snapshot_it_is_built_from(make_stage
     assert project.doit("run", "target:beta").returncode == 0
     record = project.latest_run()
     plan = orjson.loads(Path(str(record["plan_path"])).read_bytes())
-    nodes = {node["id"]: node for node in plan["nodes"]}
+    nodes = {node["id"]: node for node in [*plan["nodes"], *plan["pikaci_nodes"]]}
     assert nodes["prepare-shared-workspace-deps"]["depends_on"] == ["snapshot-alpha"]
     assert "snapshot-beta" in nodes["execute-b"]["depends_on"]
     timed = {t["node_id"] for t in record["prepare_timings"]}  # type: ignore[union-attr]

@@ -158,20 +158,29 @@ def test_the_run_plan_lists_each_prepare_node_once_then_the_lanes() -> None:
     written = plan.run_plan(record, planned, owners)
     ids = [node.id for node in written.nodes]
     assert ids == [
-        "snapshot-a",
         "prepare-ws-workspace-deps",
         "prepare-ws-workspace-build",
         "execute-a-0",
-        "snapshot-b",
         "execute-b-0",
     ]
-    build = written.nodes[2]
+    # the snapshots have no node type in the reference's plan: pikaci lists them apart
+    assert [node.id for node in written.pikaci_nodes] == ["snapshot-a", "snapshot-b"]
+    assert {node.prepare["type"] for node in written.pikaci_nodes if node.prepare} == {
+        "workspace_snapshot"
+    }
+    build = written.nodes[1]
     assert build.depends_on == ["prepare-ws-workspace-deps"]
     assert build.prepare is not None
     assert build.prepare["installable"] == "ci/build.nix#ci.build"
     execute = written.nodes[-1]
     assert execute.depends_on == plan.prepare_nodes(second, first)
     assert execute.execute is not None and execute.execute["type"] == "vm_command"
+    # a sandbox lane is a host process to the reference's vocabulary, a sandbox to pikaci's
+    assert (execute.executor, execute.runtime, execute.sandbox) == (
+        "host_local",
+        "host_process",
+        "bubblewrap",
+    )
 
 
 def test_a_run_is_described_by_its_target_or_its_lanes() -> None:
