@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Tuple
 
 from pikaci.builder.config import builder_from_environment
 from pikaci.builder.transport import Builder
@@ -41,6 +41,8 @@ class Settings:
     # stdout holds only the result lines (`pikaci run`/`rerun` in human mode, as the reference's
     # CLI): doit's console and the lanes' output go to stderr
     results_only_stdout: bool = False
+    # the paths a forge plan (`ci:branch`) selected its lanes by: the run's `changed_files`
+    changed_files: Tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUT_MODES:

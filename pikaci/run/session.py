@@ -150,7 +150,7 @@ class RunSession:
                 created_at=now_timestamp(),
                 plan_path=str(run_dir / PLAN_FILE),
                 prepared_outputs_path=str(run_dir / PREPARED_OUTPUTS_FILE),
-                changed_files=list(rerun.changed_files) if rerun else [],
+                changed_files=list(rerun.changed_files if rerun else self.settings.changed_files),
                 filters=list(rerun.filters) if rerun else self._filters(target),
                 message=f"rerun of {rerun.run_id}" if rerun else None,
             )

@@ -39,8 +39,11 @@ def is_ci_task(name: str) -> bool:
     return name == CI_BASENAME or name.startswith(f"{CI_BASENAME}:")
 
 
+RunTargets = Callable[[Sequence[str], Sequence[str]], int]  # (targets, changed files) -> exit
+
+
 def forge_tasks(
-    catalog: Catalog, settings: Settings, run_targets: Callable[[Sequence[str]], int]
+    catalog: Catalog, settings: Settings, run_targets: RunTargets
 ) -> Iterator[TaskDict]:
     """The `ci:*` tasks, when the source root has a manifest (read when a task runs, so a
     broken manifest fails those tasks and leaves every other one alone)."""
@@ -81,9 +84,7 @@ def forge_tasks(
 
 
 class _ForgeRunner:
-    def __init__(
-        self, catalog: Catalog, settings: Settings, run_targets: Callable[[Sequence[str]], int]
-    ) -> None:
+    def __init__(self, catalog: Catalog, settings: Settings, run_targets: RunTargets) -> None:
         self.catalog = catalog
         self.settings = settings
         self.run_targets = run_targets
@@ -124,7 +125,8 @@ class _ForgeRunner:
         failures: List[str] = []
         targets = [lane.staged_linux_target for lane in lanes if lane.staged_linux_target]
         if targets:
-            code = self.run_targets(targets)
+            known = changes is not None and changes.known
+            code = self.run_targets(targets, changes.paths if changes is not None and known else ())
             if code != 0:
                 failures.append(f"target(s) {', '.join(targets)} failed (doit exit {code})")
         for lane in lanes:

@@ -7,6 +7,7 @@ directly for the `pikaci` console script and for `ci:branch`'s nested run.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import sys
@@ -123,11 +124,13 @@ class CatalogLoader(TaskLoader2):  # type: ignore[misc]
         tasks: List[Task] = generate_tasks("pikaci", dicts)
         return tasks
 
-    def _run_targets(self, targets: Sequence[str]) -> int:
+    def _run_targets(self, targets: Sequence[str], changed_files: Sequence[str] = ()) -> int:
         """`doit run --continue target:<id>...` in a nested doit over the same catalog, state
-        root and dep file (one run record for all of them); doit's exit code."""
+        root and dep file (one run record for all of them, recording `changed_files`); doit's
+        exit code."""
         names = [target_task(target) for target in targets]
-        return run_doit(self.catalog, self.session.settings, ["run", "--continue", *names])[0]
+        settings = dataclasses.replace(self.session.settings, changed_files=tuple(changed_files))
+        return run_doit(self.catalog, settings, ["run", "--continue", *names])[0]
 
 
 def run_doit(

@@ -115,6 +115,7 @@ def test_ci_branch_runs_exactly_the_selected_targets(forge_project):
     record = project.latest_run()
     assert record["status"] == "passed"
     assert sorted(job["id"] for job in record["jobs"]) == ["a1", "a2"]
+    assert record["changed_files"] == ["src/alpha/main.txt"]  # the change set it selected by
 
     # a markdown change selects the command lane too; alpha is reused, beta still skipped
     project.write("notes/today.md", "n\n")
@@ -124,6 +125,10 @@ def test_ci_branch_runs_exactly_the_selected_targets(forge_project):
     assert not [t for t in executed_tasks(second.stdout) if t.startswith("execute:")]
     assert marker.read_text() == "docs-lane-ran\n"
     assert "execute:b1" not in second.stdout
+    assert project.latest_run()["changed_files"] == ["notes/today.md", "src/alpha/main.txt"]
+    # a run doit starts by itself has no change set to record
+    assert project.doit("run", "target:alpha").returncode == 0
+    assert project.latest_run()["changed_files"] == []
 
     # plain `doit` never runs the ci tasks
     plain = project.doit("run")
