@@ -9,6 +9,7 @@
     pikaci incus-image FILE [ROOTFS] [--remote]    import the guest image under its alias
     pikaci incus-reap [--older-than SECS] [--remote] [--json]   delete leftover instances
     pikaci ci-plan [--base REF] [--worktree] [--nightly] [--json]   forge lanes to run, and why
+    pikaci pin add NAME URL [--ref REF] | update [NAME...] | check [NAME...]   nix/pins.json
     pikaci doit ARGS...          any doit command over the repository's catalog
     pikaci serve [--host H] [--port P] [--repo SLUG=STATE_ROOT]... [--forge-repo SLUG] [--no-auth]
                                                           pages + JSON API + forge paths
@@ -17,8 +18,9 @@
 from the file `-f FILE` names, through the same doit loader that `doit` itself uses there.
 Exit status: 1 for a failed run or an error, 2 for a usage error, 130 after Ctrl-C, 0 otherwise.
 
-Each command family is one module of this package (`run`, `inspect`, `builder`, `incus`,
-`forge`, `serve`, `summary`): its `register` adds the subcommands and sets their handler as `func`.
+Each command family is one module of this package (`run`, `inspect`, `summary`, `builder`,
+`incus`, `forge`, `pin`, `serve`): its `register` adds the subcommands and sets their handler
+as `func`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import argparse
 import sys
 from typing import Callable, Optional, Sequence
 
-from pikaci.cli import builder, forge, incus, inspect, run, serve, summary
+from pikaci.cli import builder, forge, incus, inspect, pin, run, serve, summary
 from pikaci.model import RecordError
 from pikaci.store import StoreError
 
@@ -43,6 +45,7 @@ _ERRORS = (
     *builder.ERRORS,
     *serve.ERRORS,
     *summary.ERRORS,
+    *pin.ERRORS,
 )
 
 
@@ -60,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     builder.register(sub)
     incus.register(sub)
     forge.register(sub)
+    pin.register(sub)
     serve.register(sub)
     run.register_doit(sub)
     return parser

@@ -1,5 +1,5 @@
-"""Housekeeping tasks: `gc_remote`, `builder_check`, `incus_image`, `incus_reap`, `serve` and
-`summary`.
+"""Housekeeping tasks: `gc_remote`, `builder_check`, `incus_image`, `incus_reap`, `serve`,
+`summary` and `pin_sources`.
 
 They are in every repository's task list, belong to no target and run only when named: plain
 `doit` must never delete anything or start a server.
@@ -22,6 +22,7 @@ from pikaci.incus import admin as incus_admin
 from pikaci.incus import config as incus_config
 from pikaci.model import RecordError
 from pikaci.options import JSON, REMOTE
+from pikaci.pins import PINS_PATH, PinError, pins_up_to_date, update_pins
 from pikaci.run_summary import OPTIONS as SUMMARY_OPTIONS
 from pikaci.run_summary import RUN, SummaryError, summary_command
 from pikaci.server import serve
@@ -34,6 +35,7 @@ INCUS_IMAGE_TASK = "incus_image"
 INCUS_REAP_TASK = "incus_reap"
 SERVE_TASK = "serve"
 SUMMARY_TASK = "summary"
+PIN_SOURCES_TASK = "pin_sources"
 BUILDER_CHECK_TASK = "builder_check"
 MAINTENANCE_TASKS = (
     GC_REMOTE_TASK,
@@ -42,6 +44,7 @@ MAINTENANCE_TASKS = (
     INCUS_REAP_TASK,
     SERVE_TASK,
     SUMMARY_TASK,
+    PIN_SOURCES_TASK,
 )
 _INCUS_ERRORS = (
     incus_admin.IncusAdminError,
@@ -59,6 +62,7 @@ def maintenance_tasks(settings: Settings, catalog: Catalog) -> List[TaskDict]:
         incus_reap_task(),
         serve_task(settings.source_root, StateRoot(settings.state_root)),
         summary_task(StateRoot(settings.state_root)),
+        pin_sources_task(settings.source_root / PINS_PATH),
     ]
 
 
@@ -232,5 +236,29 @@ def summary_task(state: StateRoot) -> TaskDict:
         "params": [RUN.param(), *(option.param() for option in SUMMARY_OPTIONS)],
         "actions": [action],
         "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
+def pin_sources_task(pins_file: Path) -> TaskDict:
+    """`doit pin_sources`: `pikaci pin update` for every pin; up to date while no pinned ref
+    has moved (which asks each remote)."""
+
+    def action() -> Optional[TaskError]:
+        if not pins_file.is_file():
+            print(f"{PIN_SOURCES_TASK}: no {PINS_PATH}; add a source: pikaci pin add NAME URL")
+            return None
+        try:
+            update_pins(pins_file, (), print)
+        except PinError as exc:
+            return TaskError(f"{PIN_SOURCES_TASK}: {exc}")
+        return None
+
+    return {
+        "basename": PIN_SOURCES_TASK,
+        "doc": f"re-pin the git sources of {PINS_PATH} whose ref moved (nix-prefetch-git's "
+        "hash); up to date while none did",
+        "actions": [action],
+        "uptodate": [lambda: pins_file.is_file() and pins_up_to_date(pins_file)],
         "verbosity": 2,
     }
