@@ -29,7 +29,9 @@ def single_path_filter_source(ctx: Context, entry: Entry) -> Result:
     """A key, keyword or assigned name in PATH_FILTER_KEYS (any case) bound to a non-empty
     list/tuple/set literal of strings in Python (dodo.py, the library, scripts/), a TOML line
     `paths = [` (same keys) in any TOML file but the manifest, or a shell array `paths=(` in
-    scripts/. Tests and hidden directories are not scanned."""
+    scripts/. Tests, hidden directories and nested repositories (a directory below the root
+    with a `dodo.py` of its own, e.g. examples/pika, checked by its own invariants) are not
+    scanned."""
     root = ctx.root
     problems: List[Problem] = []
     # dodo.py and the library as the other checks parsed them; scripts/ parsed here
@@ -73,9 +75,10 @@ def single_path_filter_source(ctx: Context, entry: Entry) -> Result:
 
 def _scanned(root: Path, path: Path) -> bool:
     parts = path.relative_to(root).parts
-    return not any(
-        part in SKIP_DIRS or part.startswith(".") or part == "tests" for part in parts[:-1]
-    )
+    if any(part in SKIP_DIRS or part.startswith(".") or part == "tests" for part in parts[:-1]):
+        return False
+    nested = (root.joinpath(*parts[:depth]) for depth in range(1, len(parts)))
+    return not any((directory / CATALOG_RELPATH).is_file() for directory in nested)
 
 
 def _has_python_shebang(path: Path) -> bool:

@@ -616,3 +616,20 @@ def test_runs_on_python39(repo_copy: Path) -> None:
     broken = script(repo_copy, python=str(PYTHON39))
     assert broken.returncode == 1
     assert "FAIL PIKACI-006: " in broken.stdout
+
+
+def test_a_nested_repository_keeps_its_own_path_filters(repo_copy: Path) -> None:
+    """examples/pika is a repository of its own (its dodo.py, its manifest): its filters are
+    not a second filter list of this one; the same TOML in a plain directory is."""
+    manifest = 'version = 1\n\n[[branch.lanes]]\nid = "x"\ntitle = "x"\npaths = ["x/**"]\n'
+    nested = repo_copy / "examples" / "shop"
+    (nested / "ci").mkdir(parents=True)
+    (nested / "ci" / "forge-lanes.toml").write_text(manifest)
+    (nested / "dodo.py").write_text("CATALOG = None\n")
+    assert statuses(script(repo_copy).stdout)["PIKACI-003"] == "PASS"
+    (nested / "dodo.py").unlink()
+    result = script(repo_copy)
+    assert statuses(result.stdout)["PIKACI-003"] == "FAIL"
+    assert (
+        "examples/shop/ci/forge-lanes.toml:6 declares a path-filter list `paths`" in result.stdout
+    )
