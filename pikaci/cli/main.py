@@ -10,6 +10,7 @@
     pikaci incus-reap [--older-than SECS] [--remote] [--json]   delete leftover instances
     pikaci ci-plan [--base REF] [--worktree] [--nightly] [--json]   forge lanes to run, and why
     pikaci pin add NAME URL [--ref REF] | update [NAME...] | check [NAME...]   nix/pins.json
+    pikaci fulfill-prepared-output-request REQUEST   expose an output as a request says
     pikaci doit ARGS...          any doit command over the repository's catalog
     pikaci serve [--host H] [--port P] [--repo SLUG=STATE_ROOT]... [--forge-repo SLUG] [--no-auth]
                                                           pages + JSON API + forge paths
@@ -19,8 +20,8 @@ from the file `-f FILE` names, through the same doit loader that `doit` itself u
 Exit status: 1 for a failed run or an error, 2 for a usage error, 130 after Ctrl-C, 0 otherwise.
 
 Each command family is one module of this package (`run`, `inspect`, `summary`, `builder`,
-`incus`, `forge`, `pin`, `serve`): its `register` adds the subcommands and sets their handler
-as `func`.
+`incus`, `forge`, `pin`, `fulfill`, `serve`): its `register` adds the subcommands and sets
+their handler as `func`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import argparse
 import sys
 from typing import Callable, Optional, Sequence
 
-from pikaci.cli import builder, forge, incus, inspect, pin, run, serve, summary
+from pikaci.cli import builder, forge, fulfill, incus, inspect, pin, run, serve, summary
 from pikaci.model import RecordError
 from pikaci.store import StoreError
 
@@ -46,6 +47,7 @@ _ERRORS = (
     *serve.ERRORS,
     *summary.ERRORS,
     *pin.ERRORS,
+    *fulfill.ERRORS,
 )
 
 
@@ -64,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     incus.register(sub)
     forge.register(sub)
     pin.register(sub)
+    fulfill.register(sub)
     serve.register(sub)
     run.register_doit(sub)
     return parser
