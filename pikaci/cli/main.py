@@ -11,6 +11,7 @@
     pikaci ci-plan [--base REF] [--worktree] [--nightly] [--json]   forge lanes to run, and why
     pikaci pin add NAME URL [--ref REF] | update [NAME...] | check [NAME...]   nix/pins.json
     pikaci fulfill-prepared-output-request REQUEST   expose an output as a request says
+    pikaci staged-linux-target-info TARGET [--json]   a staged target's installables
     pikaci doit ARGS...          any doit command over the repository's catalog
     pikaci serve [--host H] [--port P] [--repo SLUG=STATE_ROOT]... [--forge-repo SLUG] [--no-auth]
                                                           pages + JSON API + forge paths
@@ -20,7 +21,7 @@ from the file `-f FILE` names, through the same doit loader that `doit` itself u
 Exit status: 1 for a failed run or an error, 2 for a usage error, 130 after Ctrl-C, 0 otherwise.
 
 Each command family is one module of this package (`run`, `inspect`, `summary`, `builder`,
-`incus`, `forge`, `pin`, `fulfill`, `serve`): its `register` adds the subcommands and sets
+`incus`, `forge`, `pin`, `fulfill`, `staged`, `serve`): its `register` adds the subcommands and sets
 their handler as `func`.
 """
 
@@ -30,7 +31,18 @@ import argparse
 import sys
 from typing import Callable, Optional, Sequence
 
-from pikaci.cli import builder, forge, fulfill, incus, inspect, pin, run, serve, summary
+from pikaci.cli import (
+    builder,
+    forge,
+    fulfill,
+    incus,
+    inspect,
+    pin,
+    run,
+    serve,
+    staged,
+    summary,
+)
 from pikaci.model import RecordError
 from pikaci.store import StoreError
 
@@ -48,6 +60,7 @@ _ERRORS = (
     *summary.ERRORS,
     *pin.ERRORS,
     *fulfill.ERRORS,
+    *staged.ERRORS,
 )
 
 
@@ -67,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     forge.register(sub)
     pin.register(sub)
     fulfill.register(sub)
+    staged.register(sub)
     serve.register(sub)
     run.register_doit(sub)
     return parser
