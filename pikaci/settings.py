@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Tuple
 
 from pikaci.builder.config import builder_from_environment
 from pikaci.builder.transport import Builder
+from pikaci.fulfill.settings import FulfillSettings, fulfill_settings_from_environment
 from pikaci.model import RunRecord
 from pikaci.store import resolve_state_root
 
@@ -43,6 +44,8 @@ class Settings:
     results_only_stdout: bool = False
     # the paths a forge plan (`ci:branch`) selected its lanes by: the run's `changed_files`
     changed_files: Tuple[str, ...] = ()
+    # who exposes realized payloads to the lanes, and how (pikaci.fulfill.settings)
+    fulfill: FulfillSettings = field(default_factory=FulfillSettings)
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUT_MODES:
@@ -75,6 +78,7 @@ def settings_from_environment(
         output=mode,
         builder=builder_from_environment(env),
         max_concurrent=max_concurrent_from(env),
+        fulfill=fulfill_settings_from_environment(env),
     )
 
 

@@ -7,15 +7,17 @@ one package that imports it.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 from typing import List, Sequence
 
 from pikaci.catalog import Catalog
+from pikaci.fulfill.settings import fulfill_settings_of_run
 from pikaci.model import RUN_FAILED, RUN_SKIPPED
 from pikaci.plan import lane_task, target_task
 from pikaci.run.console import Console
-from pikaci.run.rerun import RerunError, record_skipped_rerun, rerun_tasks
+from pikaci.run.rerun import RerunError, inherited, record_skipped_rerun, rerun_tasks
 from pikaci.settings import OUTPUT_MODES, Settings, settings_from_environment
 from pikaci.store import StateRoot, load_run_record
 from pikaci.tasks.loader import DodoFileError, load_catalog, run_doit
@@ -95,6 +97,8 @@ def rerun_command(args: argparse.Namespace) -> int:
             f"{old.snapshot_dir or '(none)'} no longer exists"
         )
     settings.rerun = old
+    # the old run's consumer, as recorded (reference §3.4: reused on rerun)
+    settings.fulfill = fulfill_settings_of_run(inherited(old), os.environ)
     # a private dep file: a rerun executes everything and leaves doit's state alone
     with tempfile.TemporaryDirectory(prefix="pikaci-rerun-") as scratch:
         settings.dep_file = Path(scratch) / "doit.sqlite3"

@@ -1,3 +1,4 @@
-"""Prepared-output fulfillment (the reference's §3.5): the helper that exposes a realized store
-path at the paths a request names, and the launcher that runs it from a launch request. Both
-are standard library only: they are copied to builders that do not have pikaci installed."""
+"""Prepared-output fulfillment (the reference's §3.4-3.5): `helper.py`, which exposes a realized
+store path at the paths a request names, and `launcher.py`, which runs the helper from a launch
+request (both standard library only: they are copied to machines without pikaci);
+`settings.py`, the consumer a run uses; `consumer.py`, a run's side of the protocol."""

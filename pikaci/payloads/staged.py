@@ -49,7 +49,8 @@ class StagedOutput:
     def label(self) -> str:
         return f"{self.node_id} ({self.store_path})"
 
-    def to_record(self) -> RealizedPreparedOutputRecord:
+    def to_record(self, local_consumer: str = CONSUMER_LOCAL) -> RealizedPreparedOutputRecord:
+        """`local_consumer`: the consumer of outputs realized here (the run's choice)."""
         return RealizedPreparedOutputRecord(
             node_id=self.node_id,
             installable=self.installable,
@@ -58,7 +59,7 @@ class StagedOutput:
             residency=self.residency,
             # mounted from the builder's store: the reference's nearest consumer, and what
             # really happens in pikaci's own field (pikaci.vocabulary)
-            consumer=CONSUMER_REMOTE_EXPOSURE if self.on_builder else CONSUMER_LOCAL,
+            consumer=CONSUMER_REMOTE_EXPOSURE if self.on_builder else local_consumer,
             pikaci_consumer=CONSUMER_BUILDER_MOUNTS if self.on_builder else None,
             realized_path=str(self.store_path),
             payload=self.manifest.to_dict(),

@@ -5,7 +5,7 @@ metadata; a skipped run's rerun is a new skipped run.
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from pikaci.catalog import Catalog
 from pikaci.events import run_finished_event, run_started_event
@@ -25,7 +25,7 @@ class RerunError(Exception):
     """The old run cannot be rerun here; the message is one line."""
 
 
-def inherited(old: RunRecord) -> Dict[str, object]:
+def inherited(old: RunRecord) -> Dict[str, Optional[str]]:
     return {name: getattr(old, name) for name in INHERITED_FIELDS}
 
 

@@ -36,6 +36,7 @@ from pikaci.payloads.staged import StagedOutput
 from pikaci.plan import LaneInputs, describe_run, payload_owners, prepare_nodes, run_plan
 from pikaci.retention import remove_abandoned_staging
 from pikaci.run.console import Console
+from pikaci.run.consumer_check import check_consumer
 from pikaci.run.outputs import payload_sink, record_consumed, record_realized
 from pikaci.run.rerun import inherited
 from pikaci.run.signals import Interruption
@@ -133,6 +134,7 @@ class RunSession:
         with self._lock:
             if self.run is not None:
                 return self.run.run_id
+            check_consumer(self.settings.fulfill, planned)
             run_id = new_run_id()
             # staging dirs of orchestrators killed while they opened a run go before a new one
             remove_abandoned_staging(self.state)
@@ -154,9 +156,11 @@ class RunSession:
                 filters=list(rerun.filters) if rerun else self._filters(target),
                 message=f"rerun of {rerun.run_id}" if rerun else None,
             )
+            for name, value in self.settings.fulfill.record_fields().items():
+                setattr(record, name, value)
             if rerun:
-                for name, value in inherited(rerun).items():
-                    setattr(record, name, value)
+                for name, old_value in inherited(rerun).items():
+                    setattr(record, name, old_value)
                 record.snapshot_dir = rerun.snapshot_dir
                 record.content_hash = rerun.content_hash
                 record.git_head, record.git_dirty = rerun.git_head, rerun.git_dirty
@@ -322,7 +326,14 @@ class RunSession:
             sum(run.prepare_ms.get(node, 0) for node in self._prepare_nodes(ctx.target)) or None
         )
         if ctx.payloads:
-            record_consumed(run.writer, self._job_dir(run, ctx.lane), ctx.payloads, exposed=True)
+            record_consumed(
+                run.writer,
+                self._job_dir(run, ctx.lane),
+                ctx.payloads,
+                exposed=True,
+                consumer=self.settings.fulfill,
+                log=ctx.host_log.note,
+            )
         ctx.host_log.note(
             f"job `{ctx.lane.id}` started in run {run.run_id} "
             f"(snapshot {ctx.content_hash[:12]}, timeout {ctx.lane.timeout_secs}s)"
@@ -418,7 +429,9 @@ class RunSession:
         job.message = f"reused: passed in run {passed_run} with the same inputs"
         if inputs.payloads:
             outputs = [StagedOutput.from_values(values) for values in inputs.payloads]
-            record_consumed(run.writer, self._job_dir(run, lane), outputs, exposed=False)
+            record_consumed(
+                run.writer, self._job_dir(run, lane), outputs, False, self.settings.fulfill
+            )
         with self._lock:
             self._adopt_snapshot(run, inputs)
             # the job's status.json is written in the background while doit checks the other
@@ -459,7 +472,7 @@ class RunSession:
         """A build realized an output: in prepared-outputs.json even if no lane runs."""
         run = self.run
         if run is not None:
-            record_realized(run.writer, values)
+            record_realized(run.writer, values, self.settings.fulfill)
 
     # -- helpers ---------------------------------------------------------------------------
 

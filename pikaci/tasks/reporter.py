@@ -16,6 +16,7 @@ from doit.task import Task
 
 from pikaci.catalog import Lane, Target
 from pikaci.plan import execute_task, node_of_task, split_task
+from pikaci.run.consumer_check import ConsumerError
 from pikaci.run.session import RunSession
 from pikaci.tasks.uptodate import reuse_decision_of
 from pikaci.timestamps import now_timestamp
@@ -49,6 +50,8 @@ class PikaciReporter(ConsoleReporter):  # type: ignore[misc]
             raise InvalidTask(
                 f"cannot write run records under {self.session.state.root}: {exc}"
             ) from None
+        except ConsumerError as exc:
+            raise InvalidTask(str(exc)) from None
         self.write(f"pikaci: run {run_id} ({len(planned)} lane(s))\n")
 
     def complete_run(self) -> None:
