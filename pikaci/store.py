@@ -22,9 +22,21 @@ import re
 import secrets
 import shutil
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, TextIO
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    TextIO,
+    Union,
+)
 
 from pikaci.confined import is_regular_below, parts_below, read_json_below, read_regular, rebased
 from pikaci.events import JobLogsMetadata, RunLogsMetadata
@@ -75,6 +87,16 @@ def resolve_state_root(
 
 
 # -- atomic writes ----------------------------------------------------------------------------
+
+
+def atomic_symlink(link: Path, target: Union[str, Path]) -> None:
+    """`link` points at `target`, replaced in one step (a reader sees the old or the new one)."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    if tmp.is_symlink():
+        tmp.unlink()
+    tmp.symlink_to(target)
+    tmp.replace(link)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

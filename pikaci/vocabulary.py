@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from pikaci.catalog import EXECUTOR_LABELS, RUNTIME_BUBBLEWRAP, RUNTIME_HOST_PROCESS, Execution
+from pikaci.incus.config import PHASES as INCUS_PHASES
 
 RUN_STATUSES = ("running", "passed", "failed", "skipped")
 EXECUTORS = (
@@ -41,14 +42,7 @@ CONSUMERS = ("host_local_symlink_mounts_v1", "remote_exposure_request_v1", "fulf
 EXPOSURE_KINDS = ("host_symlink_mount",)
 EXPOSURE_ACCESS = ("read_only",)
 VM_BACKENDS = ("incus",)
-VM_PHASES = (
-    "prepare_directories",
-    "stage_workspace_snapshot",
-    "prepare_runtime",
-    "launch_guest",
-    "wait_for_completion",
-    "collect_artifacts",
-)
+VM_PHASES = INCUS_PHASES  # the reference's six, timed by the Incus runtime
 EVENTS = ("run_started", "job_started", "job_finished", "run_finished")
 
 # pikaci's values recorded in the additional fields

@@ -10,7 +10,13 @@ from pikaci.fulfill.settings import FulfillSettings
 from pikaci.model import Exposure, PreparedOutputsRecord, RealizedPreparedOutputRecord
 from pikaci.payloads.staged import StagedOutput
 from pikaci.runtimes.base import HostLog
-from pikaci.store import PREPARED_OUTPUTS_FILE, RunWriter, file_lock, read_json_object
+from pikaci.store import (
+    PREPARED_OUTPUTS_FILE,
+    RunWriter,
+    atomic_symlink,
+    file_lock,
+    read_json_object,
+)
 
 
 def record_realized(writer: RunWriter, values: Dict[str, Any], consumer: FulfillSettings) -> None:
@@ -51,17 +57,8 @@ def record_consumed(
             with file_lock(writer.run_dir / f".fulfill-{output.node_id}.lock"):
                 _fulfilled(writer, output, exposure, consumer, log)
         else:
-            _link(link, output.store_path)
+            atomic_symlink(link, output.store_path)
             _request(writer, output, exposure, consumer, exposed=True)
-
-
-def _link(link: Path, target: Path) -> None:
-    link.parent.mkdir(parents=True, exist_ok=True)
-    tmp = link.with_name(f".{link.name}.tmp")
-    if tmp.is_symlink():
-        tmp.unlink()
-    tmp.symlink_to(target)
-    tmp.replace(link)
 
 
 def _request(

@@ -8,7 +8,6 @@ the builds' store paths and manifests, `execute`'s run id and outcome, `lane`'s 
 
 from __future__ import annotations
 
-import os
 import shutil
 import traceback
 from pathlib import Path
@@ -33,6 +32,7 @@ from pikaci.run.session import RunSession
 from pikaci.runtimes import runtime_for
 from pikaci.runtimes.base import Outcome
 from pikaci.snapshot import SnapshotError, create_snapshot, read_metadata
+from pikaci.store import atomic_symlink
 from pikaci.tasks.common import BUILDER_ERRORS, target_filter
 
 Values = Dict[str, Any]
@@ -234,10 +234,4 @@ class LaneActions:
         return self.session.state.snapshots_dir / "by-target" / target.id
 
     def _point_target_at(self, target: Target, snapshot_dir: str) -> None:
-        link = self._target_link(target)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        tmp = link.with_name(f".{target.id}.{os.getpid()}.tmp")
-        if tmp.is_symlink():
-            tmp.unlink()
-        tmp.symlink_to(snapshot_dir)
-        tmp.replace(link)
+        atomic_symlink(self._target_link(target), snapshot_dir)
