@@ -11,7 +11,6 @@ import re
 from typing import Any, Dict, Optional
 
 from pikaci.catalog import Catalog, Installable, Target
-from pikaci.plan import build_node
 
 _SYSTEM_ATTR = re.compile(r"^ci\.([A-Za-z0-9_]+-[A-Za-z0-9_]+)\.")
 
@@ -37,8 +36,7 @@ def target_info(catalog: Catalog, target_id: str) -> Dict[str, Any]:
     payloads = target.payloads
     if payloads is None:
         raise TargetInfoError(f"target `{target_id}` has no staged payloads")
-    # its prepare nodes are `prepare-<prefix>-workspace-{deps,build}` (pikaci.plan.build_node)
-    assert build_node(payloads.id, "deps") == f"prepare-{payloads.id}-workspace-deps"
+    # the payload id is the prefix of its prepare nodes (pikaci.plan.build_node)
     return {
         "target_id": target.id,
         "target_description": target.description or None,

@@ -17,7 +17,7 @@ CLI, server and pages read:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from pikaci.catalog import EXECUTOR_LABELS, RUNTIME_BUBBLEWRAP, RUNTIME_HOST_PROCESS, Execution
 from pikaci.incus.config import PHASES as INCUS_PHASES
@@ -172,20 +172,16 @@ def event_violations(event: Mapping[str, Any]) -> Violations:
     return problems
 
 
-CHECKS: Tuple[Tuple[str, Any], ...] = (
-    ("run.json", run_violations),
-    ("plan.json", plan_violations),
-    ("prepared-outputs.json", prepared_outputs_violations),
-)
+CHECKS: Dict[str, Callable[[Mapping[str, Any], str], Violations]] = {
+    "run.json": run_violations,
+    "plan.json": plan_violations,
+    "prepared-outputs.json": prepared_outputs_violations,
+    "status.json": job_violations,  # a job's record
+}
 
 
 def record_violations(name: str, data: Dict[str, Any]) -> Violations:
     """The enum values of a record file (`run.json`, `plan.json`, `prepared-outputs.json` or a
     job's `status.json`) outside the reference's value sets."""
-    if name == "status.json":
-        return job_violations(data, name)
-    for file_name, check in CHECKS:
-        if file_name == name:
-            result: Violations = check(data, name)
-            return result
-    return []
+    check = CHECKS.get(name)
+    return [] if check is None else check(data, name)
